@@ -1,0 +1,1 @@
+"""calibration_dataset package."""

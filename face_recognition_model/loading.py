@@ -1,0 +1,121 @@
+"""FR configs (YAML) → a ready model with its preprocessing and identity.
+
+An FR config::
+
+    model:
+      arch: adaface_ir_101          # a registry name (face_recognition_model.list_models())
+      weights: weights/adaface_ir101_webface12m.ckpt   # path | random | null (packaged default)
+      source: https://...           # optional: where the official weights are published
+    preprocess: {size: 112, mean: 0.5, std: 0.5, channels: [2, 1, 0]}
+
+Relative weight paths are resolved against the current directory first, then the config's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from face_recognition_model import registry
+from froq.config import Key, load_config
+from froq.errors import FroqError
+from froq.images import Preprocess
+from froq.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+FR_SCHEMA = {
+    "model.arch": Key("str", help="a registry name, e.g. adaface_ir_101 or dlib_resnet"),
+    "model.weights": Key("any", default=None),
+    "model.source": Key("any", default=None),
+    "model.kwargs": Key("dict", default={}),
+    "preprocess": Key("dict", default={}),
+}
+
+
+@dataclass
+class FRModel:
+    """A loaded FR model: the network (eval mode, on ``device``), its preprocessing and identity."""
+
+    network: torch.nn.Module
+    preprocess: Preprocess
+    arch: str
+    weights: str | None
+    weights_sha256: str | None
+    device: torch.device
+    config_path: str = ""
+    config: dict = field(default_factory=dict)
+
+    def identity(self) -> dict:
+        """JSON-able provenance: architecture, weights path and sha256, preprocessing, config file."""
+        return {"arch": self.arch, "weights": self.weights, "weights_sha256": self.weights_sha256,
+                "preprocess": self.preprocess.to_config(), "config": self.config_path}
+
+    @torch.no_grad()
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch (B, 3, H, W) → un-normalised embeddings (B, D) as float32 on CPU."""
+        out = self.network(batch.to(self.device, non_blocking=True))
+        return out.float().cpu()
+
+
+def load_fr_config(path: str | Path, overrides: Sequence[str] | None = None) -> dict:
+    """Read and validate an FR config; returns the dict (with ``_source``)."""
+    cfg = load_config(path, FR_SCHEMA, overrides)
+    registry.get_builder(cfg["model"]["arch"])  # fail early on an unknown name
+    Preprocess.from_config(cfg["preprocess"], str(path))
+    return cfg
+
+
+def resolve_weights(cfg: dict) -> str | None:
+    """The weights file an FR config points at, or None for random init; FroqError if missing."""
+    source = cfg.get("_source", "FR config")
+    arch = cfg["model"]["arch"]
+    weights = cfg["model"].get("weights")
+    if isinstance(weights, str) and weights.lower() == "random":
+        log.warning("%s: model.weights is 'random': the network has generated weights "
+                    "(only meaningful for tests and benchmarks)", source)
+        return None
+    if weights in (None, "", "default"):
+        packaged = registry.default_weights(arch)
+        if packaged is None:
+            raise FroqError(f"{source}: model.weights is not set and '{arch}' has no packaged "
+                            "weights: give the path of the weights file")
+        return packaged
+    candidates = [Path(weights)]
+    if not Path(weights).is_absolute():
+        candidates.append(Path(source).parent / weights)
+    for cand in candidates:
+        if cand.is_file():
+            return str(cand)
+    where = cfg["model"].get("source")
+    hint = f"download the official weights from {where} and put the file there" if where else \
+        "put the weights file there or fix model.weights"
+    raise FroqError(f"{source}: weights file not found: {weights} — {hint} "
+                    f"(or run with --set model.weights=PATH)")
+
+
+def load_fr_model(config: str | Path | dict, device: torch.device | str = "cpu",
+                  overrides: Sequence[str] | None = None, hash_weights: bool = True) -> FRModel:
+    """FR config (path or loaded dict) → ``FRModel`` on ``device`` in eval mode.
+
+    Raises FroqError for an unknown architecture, a missing weights file (saying where the
+    official weights are published) or a checkpoint whose keys/shapes do not match.
+    """
+    cfg = config if isinstance(config, dict) else load_fr_config(config, overrides)
+    source = cfg.get("_source", "FR config")
+    preprocess = Preprocess.from_config(cfg.get("preprocess") or {}, source)
+    arch = cfg["model"]["arch"]
+    weights = resolve_weights(cfg)
+    network = registry.create_model(arch, weights, **(cfg["model"].get("kwargs") or {}))
+    device = torch.device(device)
+    network = network.to(device).eval()
+    for p in network.parameters():
+        p.requires_grad_(False)
+    digest = sha256_file(weights) if (weights and hash_weights) else None
+    return FRModel(network=network, preprocess=preprocess, arch=arch, weights=weights,
+                   weights_sha256=digest, device=device, config_path=str(source),
+                   config={k: v for k, v in cfg.items() if not k.startswith("_")})

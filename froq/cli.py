@@ -1,0 +1,45 @@
+"""Common command-line front for the stages: ``-c CFG``, ``--set k=v``, logging, clean errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from froq.errors import FroqError
+
+log = logging.getLogger("froq")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr at INFO (DEBUG with ``verbose``), one short line per message."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """An argparse parser with the options every stage shares: -c/--config, --set, -v."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-c", "--config", required=True, help="YAML config file of the stage")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set dataset.batch_size=16 (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a stage's ``main(argv)``; turn FroqError into one ``error:`` line and exit code 2.
+
+    Out: the process exit code (0 on success, 2 on a user error, 130 on Ctrl-C).
+    """
+    try:
+        main(argv)
+    except FroqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (finished rows are kept; run again to resume)", file=sys.stderr)
+        return 130
+    return 0

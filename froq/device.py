@@ -1,0 +1,37 @@
+"""Device selection: ``auto`` picks CUDA when present, otherwise CPU. Never hard-coded."""
+
+from __future__ import annotations
+
+import torch
+
+from froq.errors import FroqError
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """Map a config value (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``) to a ``torch.device``.
+
+    In: the config string (None means ``auto``). Out: a usable device.
+    Raises FroqError when CUDA is requested but not available.
+    """
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FroqError(f"device '{name}' was requested but CUDA is not available here; "
+                        "set device: auto or device: cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise FroqError(f"unknown device '{name}': use auto, cpu or cuda[:N]") from exc
+
+
+def autocast_context(device: torch.device, enabled: bool = True):
+    """fp16 autocast on CUDA only (the official run's setting); a no-op context on CPU.
+
+    In: the device and whether mixed precision is wanted. Out: a context manager.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return torch.autocast(device_type=device.type, enabled=False)

@@ -1,0 +1,224 @@
+"""The one image-folder reader of the toolkit, and the per-model preprocessing.
+
+``list_images`` finds images recursively in a deterministic order; ``ImageFolder`` is the torch
+Dataset every stage uses: it turns each file into a preprocessed tensor, and an unreadable file into
+a recorded failure (never a crash, never silently dropped). ``collate_images`` batches the readable
+ones and carries the failures along so the stage can warn and list them in its summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from froq.errors import FroqError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(root: str | os.PathLike) -> list[str]:
+    """Relative POSIX paths of every image below ``root`` (recursive, sorted, any-case extension).
+
+    In: a folder. Out: e.g. ``['Name/Name_0001.jpg', ...]``. Hidden files and folders are skipped.
+    Raises FroqError if ``root`` is not a folder or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FroqError(f"image folder not found: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            found.append(Path(dirpath, name).relative_to(root).as_posix())
+    found.sort()
+    if not found:
+        raise FroqError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}: "
+                        "point the config at a folder of aligned face images")
+    return found
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open any image as 8-bit RGB (grayscale, RGBA, palette, 16-bit and CMYK are converted).
+
+    Raises OSError/ValueError (from PIL) for unreadable files; the reader records those.
+    """
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if arr.max() > 255 else 255.0
+            img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        elif img.mode == "F":
+            arr = np.asarray(img, dtype=np.float64)
+            top = 1.0 if arr.max() <= 1.0 else 255.0
+            img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (0, 0, 0))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
+        return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an FR model wants its input: ``x = (pixel/255 − mean) / std``, then a channel permutation.
+
+    size: (height, width) the image is resized to (bilinear) if it differs.
+    mean, std: per RGB channel, in [0, 1] units (torchvision's convention), applied before the
+      permutation. channels: the permutation of RGB, e.g. [2, 1, 0] = BGR; [2, 0, 1] = the
+      official FROQ quirk.
+    """
+
+    size: tuple[int, int] = (112, 112)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    channels: tuple[int, int, int] = (0, 1, 2)
+
+    @staticmethod
+    def from_config(cfg: dict, source: str = "preprocess") -> "Preprocess":
+        """Build from a config mapping ``{size, mean, std, channels}`` (scalars broadcast to 3)."""
+        def triple(key, default, kind=float):
+            v = cfg.get(key, default)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = [v] * 3
+            if not isinstance(v, (list, tuple)) or len(v) != 3:
+                raise FroqError(f"{source}: preprocess.{key}: expected 3 numbers (got {v!r})")
+            try:
+                return tuple(kind(x) for x in v)
+            except (TypeError, ValueError):
+                raise FroqError(f"{source}: preprocess.{key}: expected 3 numbers (got {v!r})") from None
+
+        size = cfg.get("size", 112)
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+            raise FroqError(f"{source}: preprocess.size: expected an integer or [height, width] (got {size!r})")
+        channels = triple("channels", (0, 1, 2), int)
+        if sorted(channels) != [0, 1, 2]:
+            raise FroqError(f"{source}: preprocess.channels: must be a permutation of [0, 1, 2] (got {list(channels)})")
+        std = triple("std", (0.5, 0.5, 0.5))
+        if any(s == 0 for s in std):
+            raise FroqError(f"{source}: preprocess.std: must not be 0")
+        return Preprocess(size=tuple(size), mean=triple("mean", (0.5, 0.5, 0.5)), std=std,
+                          channels=channels)
+
+    def to_config(self) -> dict:
+        """The inverse of ``from_config`` (for saving provenance)."""
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                "channels": list(self.channels)}
+
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """PIL RGB image → resized uint8 tensor (3, H, W) in RGB order (no normalisation)."""
+        h, w = self.size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+    def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB tensor (..., 3, H, W) → float32 model input (mean/std, then permutation)."""
+        x = rgb_uint8.to(torch.float32) / 255.0
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        x = (x - mean) / std
+        return x[..., list(self.channels), :, :]
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """PIL RGB image → float32 model input (3, H, W)."""
+        return self.normalize(self.to_uint8(img))
+
+    def black_value(self) -> torch.Tensor:
+        """The model-input value of a black pixel, shape (3, 1, 1) in model channel order."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return ((0.0 - mean) / std)[list(self.channels)]
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images of a folder (or an explicit list of relative paths) as preprocessed tensors.
+
+    ``dataset[i]`` → ``(i, tensor or None, error message or None)``; pass ``collate_images`` as
+    the DataLoader's ``collate_fn``. ``raw=True`` yields uint8 RGB tensors (resized, not
+    normalised) for methods that perturb pixels themselves.
+    """
+
+    def __init__(self, root: str | os.PathLike, preprocess: Preprocess,
+                 paths: Sequence[str] | None = None, raw: bool = False) -> None:
+        self.root = Path(root)
+        self.paths = list(paths) if paths is not None else list_images(self.root)
+        self.preprocess = preprocess
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.root / self.paths[index]
+        try:
+            img = load_rgb(path)
+            tensor = self.preprocess.to_uint8(img)
+            if not self.raw:
+                tensor = self.preprocess.normalize(tensor)
+            return index, tensor, None
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return index, None, reason
+
+
+@dataclass
+class Batch:
+    """A batch from ``ImageFolder``: dataset indices and tensors of the readable images, and the
+    ``(index, reason)`` of the unreadable ones."""
+
+    indices: list[int]
+    images: torch.Tensor | None
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+def collate_images(items) -> Batch:
+    """DataLoader collate_fn for ``ImageFolder``: stack readable images, keep failures aside."""
+    good = [(i, t) for i, t, err in items if err is None]
+    bad = [(i, err) for i, t, err in items if err is not None]
+    images = torch.stack([t for _, t in good]) if good else None
+    return Batch(indices=[i for i, _ in good], images=images, failures=bad)
+
+
+def image_loader(dataset: ImageFolder, batch_size: int, num_workers: int = 0,
+                 device: torch.device | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` in file order, with ``collate_images`` and pinned memory on CUDA."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_images, pin_memory=bool(device is not None and device.type == "cuda"),
+        persistent_workers=False)
+
+
+class FailureLog:
+    """Collects unreadable images of a stage: warns once per file and summarises at the end."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, reason: str) -> None:
+        """Record and warn about one unreadable file."""
+        self.items.append((path, reason))
+        log.warning("%s: skipped unreadable image %s (%s)", self.stage, path, reason)
+
+    def summary(self) -> str:
+        """One line: how many were skipped, and which (first few)."""
+        if not self.items:
+            return "no unreadable images"
+        names = ", ".join(p for p, _ in self.items[:5]) + (" ..." if len(self.items) > 5 else "")
+        return f"{len(self.items)} unreadable image(s) skipped: {names}"

@@ -1,0 +1,227 @@
+"""Atomic writes of CSV/JSON/NPY outputs and a resumable row log for long stages.
+
+Outputs are written to a temporary file beside the target and renamed into place, so a crash
+never leaves a half-written result. Long stages append finished rows to ``<out>.partial`` and
+resume from it when run again with the same settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from froq.errors import FroqError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
+    """Open a temporary file beside ``path``; on success rename it to ``path``.
+
+    In: target path, open mode ('w' or 'wb'). Out: a file object (context manager).
+    On an exception the temporary file is removed and the target is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write ``rows`` under ``header`` to ``path`` atomically. Floats keep full precision (repr)."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([_fmt(v) for v in row])
+
+
+def _fmt(value):
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return value
+
+
+def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Read a CSV with a header into a list of dicts.
+
+    In: path and the columns that must be present. Out: rows as dicts of strings.
+    Raises FroqError naming the file when it is missing or lacks a required column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FroqError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise FroqError(f"{path}: missing column(s) {', '.join(missing)} "
+                            f"(found {', '.join(reader.fieldnames or []) or 'no header'})")
+        return list(reader)
+
+
+def read_quality_csv(path: str | os.PathLike, column: str = "quality") -> dict[str, float]:
+    """Read a per-image CSV (``path,<column>,...``) into ``{relative path: float}``.
+
+    Raises FroqError naming the file and line for a non-numeric value or a duplicate path.
+    """
+    out: dict[str, float] = {}
+    for i, row in enumerate(read_csv(path, required=("path", column)), start=2):
+        key = row["path"]
+        try:
+            value = float(row[column])
+        except (TypeError, ValueError):
+            raise FroqError(f"{path}:{i}: '{column}' is not a number ({row[column]!r})") from None
+        if key in out:
+            raise FroqError(f"{path}:{i}: duplicate path {key!r}")
+        out[key] = value
+    return out
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON atomically (NaN is written as null)."""
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(_json_safe(obj), fh, indent=1, allow_nan=False)
+        fh.write("\n")
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def read_json(path: str | os.PathLike):
+    """Read a JSON file; a missing or malformed file raises FroqError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FroqError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise FroqError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save an array as ``.npy`` atomically (no pickle)."""
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(obj) -> str:
+    """Short stable hash of a JSON-able object (used to tie a partial file to its settings)."""
+    blob = json.dumps(_json_safe(obj), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class RowLog:
+    """Append-only log of finished rows for a long stage, so an interrupted run resumes.
+
+    Lives at ``<final output>.partial`` (CSV). Its first line records a fingerprint of the
+    settings; a log written under other settings is discarded with a warning. ``done`` maps the
+    key (first column) of every row already written to the row. Call ``append`` after each batch
+    and ``discard`` once the final output is written.
+    """
+
+    def __init__(self, final_path: str | os.PathLike, header: Sequence[str], settings) -> None:
+        self.path = Path(str(final_path) + ".partial")
+        self.header = list(header)
+        self.stamp = f"# froq-partial {fingerprint(settings)}"
+        self.done: dict[str, list[str]] = {}
+        if self.path.is_file():
+            self._load()
+        if not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w", newline="", encoding="utf-8") as fh:
+                fh.write(self.stamp + "\n")
+                csv.writer(fh).writerow(self.header)
+
+    def _load(self) -> None:
+        with open(self.path, newline="", encoding="utf-8") as fh:
+            first = fh.readline().rstrip("\n")
+            if first != self.stamp:
+                log.warning("%s was written with other settings; starting over", self.path)
+                fh.close()
+                self.path.unlink()
+                return
+            rows = list(csv.reader(fh))
+        if not rows or rows[0] != self.header:
+            self.path.unlink()
+            return
+        for row in rows[1:]:
+            if len(row) == len(self.header):  # a torn last line is dropped and recomputed
+                self.done[row[0]] = row
+        if self.done:
+            log.info("resuming: %d rows already done in %s", len(self.done), self.path)
+        # rewrite without any torn line
+        with open(self.path, "w", newline="", encoding="utf-8") as fh:
+            fh.write(self.stamp + "\n")
+            w = csv.writer(fh)
+            w.writerow(self.header)
+            w.writerows(self.done.values())
+
+    def append(self, rows: Iterable[Sequence]) -> None:
+        """Append finished rows (first column = key) and flush them to disk."""
+        rows = [[str(_fmt(v)) for v in r] for r in rows]
+        with open(self.path, "a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(rows)
+            fh.flush()
+        for r in rows:
+            self.done[r[0]] = r
+
+    def discard(self) -> None:
+        """Remove the partial log (after the final output has been written)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def require_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
+    """Return ``Path(path)`` if it is a file, else raise FroqError naming ``what`` and a hint."""
+    p = Path(path)
+    if not p.is_file():
+        raise FroqError(f"{what} not found: {p}" + (f" — {hint}" if hint else ""))
+    return p
