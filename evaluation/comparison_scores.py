@@ -1,0 +1,231 @@
+"""Comparison scores of a benchmark's pairs: cosine similarity of FR embeddings (cached on disk),
+or read from a CSV ``path1,path2,score``.
+
+Embedding cache: ``<cache_dir>/<arch>-<model key>/`` holds ``embeddings.npy`` (float32, one row per
+image), ``paths.csv`` (``path,size,mtime_ns`` of each row's image file, absolute path) and
+``model.json`` (the model identity). The model key hashes the architecture, the weights' sha256
+(or, for generated weights, the parameters themselves) and the preprocessing, so another model or
+preprocessing never reuses an entry; a row is reused only while its file's size and mtime match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from froq.errors import FroqError
+from froq.images import FailureLog, ImageFolder, image_loader
+from froq.io import read_csv, write_csv, write_json, write_npy
+
+from evaluation.pair_protocols import PairProtocol, normalise_rel_path
+
+log = logging.getLogger(__name__)
+
+
+def model_key(fr) -> str:
+    """Hex key identifying an ``FRModel``'s function: arch + weights sha256 (or a hash of its
+    parameters when it has no weights file) + preprocessing."""
+    weights_id = fr.weights_sha256
+    if not weights_id:
+        h = hashlib.sha256()
+        for name, tensor in sorted(fr.network.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+        weights_id = "params:" + h.hexdigest()
+    blob = json.dumps({"arch": fr.arch, "weights": weights_id, "preprocess": fr.preprocess.to_config()},
+                      sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class EmbeddingCache:
+    """Per-model embedding store on disk keyed by image file (see module doc)."""
+
+    def __init__(self, cache_dir: str | os.PathLike, fr) -> None:
+        self.dir = Path(cache_dir) / f"{fr.arch}-{model_key(fr)[:16]}"
+        self.identity = fr.identity()
+        self.rows: dict[str, tuple[int, int, int]] = {}  # abs path -> (row, size, mtime_ns)
+        self.matrix: np.ndarray | None = None
+        self._load()
+
+    def _load(self) -> None:
+        emb, paths = self.dir / "embeddings.npy", self.dir / "paths.csv"
+        if not (emb.is_file() and paths.is_file()):
+            return
+        try:
+            matrix = np.load(emb, allow_pickle=False)
+            rows = read_csv(paths, required=("path", "size", "mtime_ns"))
+        except (OSError, ValueError, FroqError) as exc:
+            log.warning("embedding cache %s is unreadable (%s); recomputing", self.dir, exc)
+            return
+        if matrix.ndim != 2 or matrix.shape[0] != len(rows):
+            log.warning("embedding cache %s is inconsistent (%s rows vs %d paths); recomputing",
+                        self.dir, matrix.shape[0] if matrix.ndim else "?", len(rows))
+            return
+        self.matrix = matrix
+        self.rows = {r["path"]: (i, int(r["size"]), int(r["mtime_ns"])) for i, r in enumerate(rows)}
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def lookup(self, abs_paths: Sequence[Path]) -> tuple[np.ndarray | None, list[int]]:
+        """Cached embeddings for ``abs_paths``: (matrix with rows for found ones or None, indices of
+        the paths that still need computing)."""
+        if self.matrix is None:
+            return None, list(range(len(abs_paths)))
+        out = np.zeros((len(abs_paths), self.matrix.shape[1]), dtype=np.float32)
+        todo = []
+        for i, p in enumerate(abs_paths):
+            hit = self.rows.get(str(p))
+            if hit is not None and self._stat(p) == hit[1:]:
+                out[i] = self.matrix[hit[0]]
+            else:
+                todo.append(i)
+        return out, todo
+
+    def add(self, abs_paths: Sequence[Path], embeddings: np.ndarray) -> None:
+        """Store new embeddings (replacing stale rows) and rewrite the cache files atomically."""
+        if not len(abs_paths):
+            return
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if self.matrix is not None and self.matrix.shape[1] != embeddings.shape[1]:
+            self.matrix, self.rows = None, {}
+        matrix = self.matrix if self.matrix is not None else np.zeros((0, embeddings.shape[1]), np.float32)
+        new_rows = dict(self.rows)
+        extra = []
+        for p, e in zip(abs_paths, embeddings):
+            size, mtime = self._stat(p)
+            hit = new_rows.get(str(p))
+            if hit is not None:
+                matrix[hit[0]] = e
+                new_rows[str(p)] = (hit[0], size, mtime)
+            else:
+                new_rows[str(p)] = (matrix.shape[0] + len(extra), size, mtime)
+                extra.append(e)
+        if extra:
+            matrix = np.concatenate([matrix, np.stack(extra)], axis=0)
+        ordered = sorted(new_rows.items(), key=lambda kv: kv[1][0])
+        write_npy(self.dir / "embeddings.npy", matrix)
+        write_csv(self.dir / "paths.csv", ["path", "size", "mtime_ns"],
+                  [(p, s, m) for p, (_, s, m) in ordered])
+        write_json(self.dir / "model.json", self.identity)
+        self.matrix, self.rows = matrix, new_rows
+
+
+def compute_embeddings(fr, root: Path, rel_paths: Sequence[str], batch_size: int = 64,
+                       num_workers: int = 0, desc: str = "embeddings") -> np.ndarray:
+    """Embed images ``root/rel_paths`` with ``fr`` (an ``FRModel``) through ``froq.images.ImageFolder``.
+
+    Out: float32 (N, D) in the order of ``rel_paths``. Raises FroqError listing unreadable images
+    (pairs are never silently dropped).
+    """
+    dataset = ImageFolder(root, fr.preprocess, paths=list(rel_paths))
+    loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=fr.device)
+    out: np.ndarray | None = None
+    failures = FailureLog("evaluation")
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for i, reason in batch.failures:
+            failures.add(dataset.paths[i], reason)
+        if batch.images is None:
+            continue
+        emb = fr.embed(batch.images).numpy()
+        if out is None:
+            out = np.zeros((len(dataset), emb.shape[1]), dtype=np.float32)
+        out[batch.indices] = emb
+    if failures.items:
+        raise FroqError(f"{root}: {failures.summary()} — every image of the benchmark's pairs must be "
+                        "readable; fix or replace these files")
+    if out is None:
+        raise FroqError(f"{root}: no image could be embedded")
+    if not np.all(np.isfinite(out)):
+        bad = [rel_paths[i] for i in np.flatnonzero(~np.isfinite(out).all(axis=1))[:5]]
+        raise FroqError(f"{root}: the FR model produced non-finite embeddings for e.g. {', '.join(bad)}")
+    return out
+
+
+def protocol_embeddings(fr, protocol: PairProtocol, cache_dir: str | os.PathLike | None,
+                        batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+    """Embeddings (N, D) of every image of ``protocol`` (in ``protocol.images`` order), computed
+    once per model and image file and cached under ``cache_dir`` (None disables the cache)."""
+    abs_paths = [(protocol.image_root / p).resolve() for p in protocol.images]
+    cache = EmbeddingCache(cache_dir, fr) if cache_dir is not None else None
+    if cache is not None:
+        cached, todo = cache.lookup(abs_paths)
+    else:
+        cached, todo = None, list(range(len(abs_paths)))
+    if todo:
+        log.info("%s: embedding %d image(s) with %s (%d cached)", protocol.name, len(todo), fr.arch,
+                 len(abs_paths) - len(todo))
+        fresh = compute_embeddings(fr, protocol.image_root, [protocol.images[i] for i in todo],
+                                   batch_size, num_workers, desc=f"{protocol.name} {fr.arch}")
+        if cache is not None:
+            cache.add([abs_paths[i] for i in todo], fresh)
+    else:
+        fresh = None
+        log.info("%s: all %d embeddings of %s found in the cache", protocol.name, len(abs_paths), fr.arch)
+    if cached is None:
+        return fresh
+    if fresh is not None:
+        if cached.shape[1] != fresh.shape[1]:
+            raise FroqError(f"embedding cache {cache.dir} holds another dimension; delete it")
+        cached[todo] = fresh
+    return cached
+
+
+def cosine_scores(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Cosine similarity (float64) of embedding rows ``pairs[:, 0]`` and ``pairs[:, 1]``."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(e, axis=1, keepdims=True)
+    e = e / np.maximum(norms, 1e-12)
+    return np.einsum("ij,ij->i", e[pairs[:, 0]], e[pairs[:, 1]])
+
+
+def read_scores_csv(path: str | os.PathLike, protocol: PairProtocol) -> np.ndarray:
+    """Scores of ``protocol``'s pairs from a CSV ``path1,path2,score`` (similarities, higher = more
+    alike; either image order). FroqError naming the CSV for a missing pair or a bad value."""
+    table: dict[tuple[str, str], float] = {}
+    for line_no, row in enumerate(read_csv(path, required=("path1", "path2", "score")), start=2):
+        try:
+            value = float(row["score"])
+        except (TypeError, ValueError):
+            raise FroqError(f"{path}:{line_no}: score is not a number ({row['score']!r})") from None
+        if not np.isfinite(value):
+            raise FroqError(f"{path}:{line_no}: score is not finite ({row['score']!r})")
+        a, b = normalise_rel_path(row["path1"]), normalise_rel_path(row["path2"])
+        table[(a, b)] = value
+    out = np.empty(len(protocol.pairs), dtype=np.float64)
+    missing = []
+    for k, (i, j) in enumerate(protocol.pairs):
+        a, b = protocol.images[i], protocol.images[j]
+        v = table.get((a, b), table.get((b, a)))
+        if v is None:
+            missing.append(f"{a},{b}")
+            continue
+        out[k] = v
+    if missing:
+        raise FroqError(f"{path}: no score for {len(missing)} of {len(protocol.pairs)} pair(s) of "
+                        f"{protocol.name} (e.g. {'; '.join(missing[:3])})")
+    return out
+
+
+def write_scores_csv(path: str | os.PathLike, protocol: PairProtocol, scores: np.ndarray) -> None:
+    """Write ``path1,path2,genuine,score`` for every pair of ``protocol`` (atomic)."""
+    rows = ((protocol.images[i], protocol.images[j], int(g), float(s))
+            for (i, j), g, s in zip(protocol.pairs, protocol.genuine, scores))
+    write_csv(path, ["path1", "path2", "genuine", "score"], rows)
+
+
+@torch.no_grad()
+def protocol_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+    """Cosine comparison scores of every pair of ``protocol`` with the FR model ``fr``."""
+    emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
+    return cosine_scores(emb, protocol.pairs)

@@ -1,0 +1,70 @@
+"""Evaluation — EDC and pAUC of quality methods on verification benchmarks (ISO/IEC 29794-1).
+
+    python evaluation/main.py -c configs/evaluation.yaml [--set outdir=DIR ...]
+
+Writes into ``outdir``: results.json, run.json, table.md, table.csv, curves.csv, scores/*.csv,
+edc_<benchmark>_<model>.png and the embedding cache (cache/). See evaluation/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from froq.cli import run_main, setup_logging, stage_parser
+from froq.config import Key, device_name, float_list, load_config, positive_int
+
+log = logging.getLogger("evaluation")
+
+
+def discard_limit(value):
+    """Validator: a number strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1):
+        raise ValueError(f"must be a number in (0, 1), e.g. 0.3 (got {value!r})")
+    return float(value)
+
+
+def fmr_list(value):
+    """Validator: one or more target FMRs in (0, 1]."""
+    values = float_list(value)
+    if any(not (0 < v <= 1) for v in values):
+        raise ValueError(f"every FMR must be in (0, 1] (got {value!r})")
+    return values
+
+
+SCHEMA = {
+    "face_recognition_configs": Key("any", help="list of FR configs, e.g. [configs/fr/dlib_resnet.yaml]"),
+    "benchmarks": Key("list", help="list of {name, type, ...} benchmark entries"),
+    "qualities": Key("dict", default={}, help="method -> per-image CSV path template"),
+    "fmr": Key(fmr_list, default=[1e-3], help="target FMR(s) of the fixed threshold"),
+    "discard_limit": Key(discard_limit, default=0.3, help="pAUC upper discard fraction"),
+    "pair_quality": Key("str", default="min", choices=("min", "mean", "product")),
+    "random_seeds": Key(positive_int, default=10, help="seeds of the random reference"),
+    "missing_quality": Key("str", default="error", choices=("error", "min"),
+                           help="image absent from a quality CSV: error, or give it the CSV's lowest quality"),
+    "outdir": Key("path", help="output folder"),
+    "device": Key(device_name, default="auto"),
+    "batch_size": Key(positive_int, default=64),
+    "num_workers": Key("int", default=0, minimum=0),
+    "cache": Key("bool", default=True, help="cache embeddings under outdir/cache"),
+    "plots": Key("bool", default=True, help="write edc_<benchmark>_<model>.png"),
+}
+
+
+def main(argv=None) -> dict:
+    """Parse arguments, run the evaluation, print the table; returns the results mapping."""
+    args = stage_parser(__doc__.strip().splitlines()[0]).parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, SCHEMA, args.overrides)
+    from evaluation.evaluate import run_evaluation
+
+    results = run_evaluation(cfg)
+    table = Path(cfg["outdir"]) / "table.md"
+    print(table.read_text(encoding="utf-8"))
+    print(f"results: {Path(cfg['outdir']) / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
