@@ -267,6 +267,12 @@ def run_evaluation(cfg: dict) -> dict:
                     "source": p.source, "images_dir": str(p.image_root), "n_pairs": int(len(p.genuine)),
                     "n_genuine": p.n_genuine, "n_impostor": p.n_impostor, "n_images": len(p.images)}
             protocol = protocols[bench.name]
+            # qualities first: a missing CSV or image fails before any FR work
+            gen_pairs = protocol.pairs[protocol.genuine]
+            pair_q = {}
+            for src in resolve_sources(specs[bench.name], bench.name, model.name):
+                img_q = image_qualities(src, protocol, cfg["missing_quality"])
+                pair_q[src.method] = _genuine_pair_quality(img_q, gen_pairs, rule)
             if bench.scores:
                 score_file = bench.scores.format(benchmark=bench.name, model=model.name)
                 scores = read_scores_csv(score_file, protocol)
@@ -283,11 +289,6 @@ def run_evaluation(cfg: dict) -> dict:
                 raise FroqError(f"{bench.name}/{model.name}: non-finite comparison scores")
             write_scores_csv(outdir / "scores" / f"{safe_name(bench.name)}_{safe_name(model.name)}.csv",
                              protocol, scores)
-            gen_pairs = protocol.pairs[protocol.genuine]
-            pair_q = {}
-            for src in resolve_sources(specs[bench.name], bench.name, model.name):
-                img_q = image_qualities(src, protocol, cfg["missing_quality"])
-                pair_q[src.method] = _genuine_pair_quality(img_q, gen_pairs, rule)
             random_q = [_genuine_pair_quality(random_image_qualities(len(protocol.images), s), gen_pairs, rule)
                         for s in seeds]
             metrics, bench_curves = evaluate_pairs(scores, protocol.genuine, pair_q, random_q, fmrs, limit)

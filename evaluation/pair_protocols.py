@@ -75,23 +75,26 @@ def _check_images_exist(root: Path, images: Sequence[str], source: str) -> None:
                         f"(e.g. {', '.join(missing[:3])}) — check the benchmark's images folder")
 
 
-def _lfw_name(name: str, number: str, ext: str, source: str, line_no: int) -> str:
+def _lfw_name(name: str, number: int, ext: str) -> str:
+    return f"{name}/{name}_{number:04d}{ext}"
+
+
+def _number(value: str, path, line_no: int) -> int:
     try:
-        n = int(number)
+        return int(value)
     except ValueError:
-        raise FroqError(f"{source}:{line_no}: image number {number!r} is not an integer") from None
-    return f"{name}/{name}_{n:04d}{ext}"
+        raise FroqError(f"{path}:{line_no}: image number {value!r} is not an integer") from None
 
 
-def _detect_extension(root: Path, name: str, number: str, source: str) -> str:
+def _detect_extension(root: Path, name: str, number: int, source: str) -> str:
     for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
-        if (root / name / f"{name}_{int(number):04d}{ext}").is_file():
+        if (root / _lfw_name(name, number, ext)).is_file():
             return ext
-    raise FroqError(f"{source}: no image file {name}/{name}_{int(number):04d}.<ext> under {root} "
+    raise FroqError(f"{source}: no image file {name}/{name}_{number:04d}.<ext> under {root} "
                     f"(tried {', '.join(IMAGE_EXTENSIONS)}) — check the benchmark's images folder")
 
 
-def parse_lfw_pairs(path: str | os.PathLike) -> tuple[list[tuple[str, str, str, str]], list[bool], np.ndarray | None]:
+def parse_lfw_pairs(path: str | os.PathLike) -> tuple[list[tuple[str, int, str, int]], list[bool], np.ndarray | None]:
     """Parse an LFW-format pairs file without touching images.
 
     In: a file whose first line is ``F<TAB>N`` (F folds of N matched then N mismatched lines) or a
@@ -127,10 +130,10 @@ def parse_lfw_pairs(path: str | os.PathLike) -> tuple[list[tuple[str, str, str, 
     pairs, genuine = [], []
     for no, f in body:
         if len(f) == 3:
-            pairs.append((f[0], f[1], f[0], f[2]))
+            pairs.append((f[0], _number(f[1], path, no), f[0], _number(f[2], path, no)))
             genuine.append(True)
         elif len(f) == 4:
-            pairs.append((f[0], f[1], f[2], f[3]))
+            pairs.append((f[0], _number(f[1], path, no), f[2], _number(f[3], path, no)))
             genuine.append(False)
         else:
             raise FroqError(f"{path}:{no}: expected 'name i j' or 'name1 i name2 j', found {len(f)} fields")
@@ -152,9 +155,7 @@ def read_lfw_pairs(images_dir: str | os.PathLike, pairs_file: str | os.PathLike,
         raise FroqError(f"{source}: image folder not found: {root}")
     raw, genuine, folds = parse_lfw_pairs(pairs_file)
     ext = _detect_extension(root, raw[0][0], raw[0][1], source)
-    path_pairs = []
-    for line_no, (n1, i, n2, j) in enumerate(raw, start=2):
-        path_pairs.append((_lfw_name(n1, i, ext, source, line_no), _lfw_name(n2, j, ext, source, line_no)))
+    path_pairs = [(_lfw_name(n1, i, ext), _lfw_name(n2, j, ext)) for n1, i, n2, j in raw]
     images, idx = _index_pairs(path_pairs)
     _check_images_exist(root, images, source)
     return PairProtocol(name=name, image_root=root, images=images, pairs=idx,
