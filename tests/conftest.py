@@ -23,3 +23,4 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """The ``shared_path`` helper as a fixture."""
     return shared_path
+from lfw_data import *  # noqa: F401,F403
