@@ -275,3 +275,17 @@ def test_script_runs_as_a_subprocess_with_dlib_random_weights(bench, tmp_path):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(res["lfw"]["dlib_resnet"]) == ["froq", "random", "perfect"]
     assert (tmp_path / "out" / "edc_lfw_dlib_resnet.png").is_file()
+
+
+def test_shipped_config_is_valid():
+    from evaluation.evaluate import parse_benchmarks
+    from evaluation.main import SCHEMA
+    from evaluation.quality_methods import method_specs
+    from froq.config import load_config
+
+    path = REPO / "configs" / "evaluation.yaml"
+    cfg = load_config(path, SCHEMA)
+    benches = parse_benchmarks(cfg["benchmarks"], str(path))
+    assert [b.name for b in benches] == ["lfw", "cfp_fp", "agedb_30", "calfw", "cplfw", "xqlfw"]
+    assert list(method_specs(cfg["qualities"], None, "q", "b")) == ["froq", "aux_fiqa"]
+    assert cfg["fmr"] == [1e-3] and cfg["discard_limit"] == 0.3 and cfg["pair_quality"] == "min"
