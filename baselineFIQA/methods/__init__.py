@@ -1,0 +1,98 @@
+"""The comparison FIQA methods of the paper's table, in one framework, by name.
+
+Every method scores the images of a folder with an ``FRModel`` (``face_recognition_model.
+load_fr_model``) and returns a ``MethodResult`` (per-image quality, higher = better, plus
+method-specific component columns)::
+
+    from baselineFIQA.methods import run_method
+    result = run_method("serfiq", fr, "aligned/", batch_size=32, options={"m": 100})
+
+A method module defines ``NAME``, ``DESCRIPTION``, ``OPTIONS`` (a ``froq.config.Key`` schema of
+its options, the ``methods.<name>.*`` keys of a score config), ``components(options)`` (the extra
+CSV columns), ``check(fr, options)`` (FroqError when the method does not apply to the model) and
+``score(fr, root, *, batch_size, num_workers, paths, failures, resume_path, options)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+import torch
+
+from baselineFIQA.methods.common import MethodResult  # noqa: F401  (public)
+from face_recognition_model.loading import FRModel
+from froq.config import validate
+from froq.errors import FroqError
+from froq.images import FailureLog
+
+log = logging.getLogger(__name__)
+
+_METHODS: dict[str, str] = {
+    "serfiq": "baselineFIQA.methods.serfiq",
+    "grafiqs": "baselineFIQA.methods.grafiqs",
+    "embedding_norm": "baselineFIQA.methods.embedding_norm",
+    "crfiqa": "baselineFIQA.methods.crfiqa",
+    "aux_fiqa": "baselineFIQA.methods.aux_fiqa",
+}
+
+
+def register_method(name: str, module: str) -> None:
+    """Register a method module (dotted import path) under ``name`` (for extensions, e.g. froq)."""
+    _METHODS[name] = module
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> ModuleType:
+    """The module of method ``name``; FroqError listing the known names if unknown."""
+    if name not in _METHODS:
+        raise FroqError(f"unknown FIQA method '{name}'; known: {', '.join(list_methods())}")
+    return importlib.import_module(_METHODS[name])
+
+
+def resolve_options(name: str, options: dict | None, source: str = "options") -> dict:
+    """Validate ``options`` of method ``name`` against its schema; fill defaults.
+
+    In: the user's options (None = all defaults) and a source label for messages, e.g.
+    ``"configs/score.yaml: methods.serfiq"``. Out: a new dict. FroqError on an unknown key or a
+    bad value, naming the key.
+    """
+    method = get_method(name)
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(method.OPTIONS))
+    if unknown:
+        known = ", ".join(sorted(method.OPTIONS)) or "none"
+        raise FroqError(f"{source}: unknown option(s) {', '.join(unknown)} for method '{name}' "
+                        f"(known: {known})")
+    return validate(opts, method.OPTIONS, source)
+
+
+def run_method(name: str, fr: FRModel, root: str | Path, *, batch_size: int = 32,
+               device: torch.device | str | None = None, num_workers: int = 0,
+               paths: Sequence[str] | None = None, options: dict | None = None,
+               failures: FailureLog | None = None, resume_path: str | Path | None = None,
+               source: str | None = None) -> MethodResult:
+    """Score the images of ``root`` with method ``name`` and FR model ``fr``.
+
+    In: the method name, a loaded FR model, an image folder (or explicit relative ``paths``),
+    batch size, ``device`` (default: the model's; the network is moved there otherwise), DataLoader
+    workers, the method's options (validated; defaults filled), a FailureLog for unreadable files,
+    and optionally ``resume_path`` (the final CSV path, for resumable runs).
+    Out: ``MethodResult`` (quality higher = better). FroqError when the method does not apply.
+    """
+    method = get_method(name)
+    opts = resolve_options(name, options, source or f"method {name}")
+    if device is not None and torch.device(device) != fr.device:
+        fr.network.to(torch.device(device))
+        fr.device = torch.device(device)
+    method.check(fr, opts)
+    failures = failures if failures is not None else FailureLog(name)
+    return method.score(fr, root, batch_size=batch_size, num_workers=num_workers, paths=paths,
+                        failures=failures, resume_path=resume_path, options=opts)

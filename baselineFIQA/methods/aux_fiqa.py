@@ -1,0 +1,58 @@
+"""The auxiliary training-free FIQA of ``baselineFIQA`` (spec §2) as a comparison method.
+
+quality = (flip + noise + occlusion) / 3, each the mean cosine similarity between the embedding of
+the image and of its perturbed copies (horizontal flip; K seeded noise draws per α; one occluded
+grid cell of ``mpx`` pixels at a time). Higher = better. The three components are written as
+columns. This wraps ``baselineFIQA.labels.compute_pseudo_labels`` (the FROQ pseudo-labels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from baselineFIQA.methods.common import MethodResult
+from face_recognition_model.loading import FRModel
+from froq.config import Key, float_list, positive_int
+from froq.images import FailureLog
+
+NAME = "aux_fiqa"
+DESCRIPTION = "auxiliary FIQA (FROQ pseudo-labels): stability under flip, noise, occlusion; higher = better"
+COMPONENTS = ("flip", "noise", "occlusion")
+
+OPTIONS = {
+    "alphas": Key(float_list, default=[0.001], help="noise strengths α"),
+    "noise_count": Key(positive_int, default=10, help="noise draws K per α"),
+    "mpx": Key(positive_int, default=14, help="side of an occlusion cell in pixels"),
+    "seed": Key("int", default=0),
+    "forward_batch": Key(positive_int, default=256, help="perturbed images per forward call"),
+}
+
+
+def components(options: dict) -> tuple[str, ...]:
+    """flip, noise, occlusion."""
+    return COMPONENTS
+
+
+def check(fr: FRModel, options: dict) -> None:
+    """Applies to every model."""
+
+
+def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: int = 0,
+          paths: Sequence[str] | None = None, failures: FailureLog | None = None,
+          resume_path: str | Path | None = None, options: dict) -> MethodResult:
+    """Auxiliary-FIQA quality and its three components for every readable image of ``root``."""
+    from baselineFIQA.labels import compute_pseudo_labels
+
+    failures = failures if failures is not None else FailureLog(NAME)
+    rows = compute_pseudo_labels(fr, root, paths=paths, batch_size=batch_size,
+                                 alphas=options["alphas"], mpx=options["mpx"], seed=options["seed"],
+                                 num_workers=num_workers, noise_count=options["noise_count"],
+                                 forward_batch=options["forward_batch"], resume_path=resume_path,
+                                 failures=failures)
+    return MethodResult(paths=[r["path"] for r in rows],
+                        quality=np.array([r["quality"] for r in rows], dtype=np.float64),
+                        components={c: np.array([r[c] for r in rows], dtype=np.float64) for c in COMPONENTS},
+                        failures=failures)
