@@ -57,6 +57,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -324,6 +325,8 @@ _WORKER: FaceAligner | None = None
 def _init_worker(template: str = "dlib150", select: str = "largest", fallback: str = "none",
                  aligner: FaceAligner | None = None) -> None:
     global _WORKER
+    if aligner is None:  # a pool process: Ctrl-C is handled by the parent, which stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = aligner if aligner is not None else FaceAligner(template, select, fallback)
 
 
