@@ -47,7 +47,7 @@ right eye, nose, left mouth, right mouth as above) and ``reason`` for problems.
 ``<output>/align.json``: the settings and the run summary. Rows are also appended to
 ``landmarks.csv.partial`` while running, so an interrupted run resumes: an image is skipped when
 its crop exists (or it had no face) and its row is known. Re-running into a folder aligned with
-other settings is refused.
+other settings or from another input folder is refused.
 """
 
 from __future__ import annotations
@@ -338,15 +338,21 @@ def _align_task(task: tuple[str, str, str, str]) -> list:
     return result_row(rel, out_rel, res)
 
 
-def _known_rows(output: Path, settings: dict) -> dict[str, list[str]]:
-    """Rows of a previous complete run into ``output`` (empty when none); refuses other settings."""
+def _known_rows(output: Path, settings: dict, input_dir: Path) -> dict[str, list[str]]:
+    """Rows of a previous complete run into ``output`` (empty when none).
+
+    Raises FroqError when that run used other settings or another input folder.
+    """
     meta_path = output / "align.json"
     if not meta_path.is_file():
         return {}
-    previous = read_json(meta_path).get("settings")
-    if previous != settings:
-        raise FroqError(f"{output} was aligned with other settings ({previous}); "
+    meta = read_json(meta_path)
+    if meta.get("settings") != settings:
+        raise FroqError(f"{output} was aligned with other settings ({meta.get('settings')}); "
                         f"use another --output folder for {settings}")
+    if meta.get("input") not in (None, str(input_dir.resolve())):
+        raise FroqError(f"{output} holds crops of another input folder ({meta.get('input')}); "
+                        f"use another --output folder for {input_dir}")
     csv_path = output / "landmarks.csv"
     if not csv_path.is_file():
         return {}
@@ -378,7 +384,7 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         raise FroqError(f"{len(missing)} listed image(s) not found in {input_dir}, e.g. {missing[0]}")
     settings = {"template": template, "select": select, "fallback": fallback, "ext": ext}
     output_dir.mkdir(parents=True, exist_ok=True)
-    known = _known_rows(output_dir, settings)
+    known = _known_rows(output_dir, settings, input_dir)
     rowlog = RowLog(output_dir / "landmarks.csv", CSV_HEADER, settings)
     known.update(rowlog.done)
 
@@ -436,7 +442,7 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     summary.update(processed=len(todo), resumed=len(rels) - len(todo), seconds=round(elapsed, 3),
                    images_per_second=round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
                    workers=workers)
-    write_json(output_dir / "align.json", {"settings": settings, "input": str(input_dir),
+    write_json(output_dir / "align.json", {"settings": settings, "input": str(input_dir.resolve()),
                                            "summary": summary})
     rowlog.discard()
     return summary

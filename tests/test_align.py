@@ -158,6 +158,11 @@ def test_parallel_run_matches_single_process_and_resumes(lfw_sample, tmp_path):
     assert (tmp_path / "w1" / rels[0].replace(".jpg", ".png")).stat().st_mtime_ns == before
     with pytest.raises(FroqError, match="other settings"):
         align_folder(images, tmp_path / "w1", "arcface112", paths=rels, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(other / "x.png")
+    with pytest.raises(FroqError, match="another input folder"):
+        align_folder(other, tmp_path / "w1", "dlib150", progress=False)
 
 
 # -- problems are reported, not crashed on ------------------------------------------------------
