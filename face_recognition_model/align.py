@@ -385,7 +385,7 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     settings = {"template": template, "select": select, "fallback": fallback, "ext": ext}
     output_dir.mkdir(parents=True, exist_ok=True)
     known = _known_rows(output_dir, settings, input_dir)
-    rowlog = RowLog(output_dir / "landmarks.csv", CSV_HEADER, settings)
+    rowlog = RowLog(output_dir / "landmarks.csv", CSV_HEADER, {**settings, "input": str(input_dir.resolve())})
     known.update(rowlog.done)
 
     rows: dict[str, list] = {}
