@@ -3,9 +3,11 @@ or read from a CSV ``path1,path2,score``.
 
 Embedding cache: ``<cache_dir>/<arch>-<model key>/`` holds ``embeddings.npy`` (float32, one row per
 image), ``paths.csv`` (``path,size,mtime_ns`` of each row's image file, absolute path) and
-``model.json`` (the model identity). The model key hashes the architecture, the weights' sha256
-(or, for generated weights, the parameters themselves) and the preprocessing, so another model or
+``model.json`` (the model identity and the sha256 of ``embeddings.npy``, checked on loading so a
+torn update is never used). The model key hashes the architecture, the weights' sha256 (or, for
+generated weights, the parameters themselves) and the preprocessing, so another model or
 preprocessing never reuses an entry; a row is reused only while its file's size and mtime match.
+Updates hold a lock file, so runs sharing a cache folder do not mix their writes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 from froq.errors import FroqError
 from froq.images import FailureLog, ImageFolder, image_loader
-from froq.io import read_csv, write_csv, write_json, write_npy
+from froq.io import read_csv, read_json, sha256_file, write_csv, write_json, write_npy
 
 from evaluation.pair_protocols import PairProtocol, normalise_rel_path
 
@@ -53,13 +56,35 @@ class EmbeddingCache:
         self.identity = fr.identity()
         self.rows: dict[str, tuple[int, int, int]] = {}  # abs path -> (row, size, mtime_ns)
         self.matrix: np.ndarray | None = None
-        self._load()
+        if self.dir.is_dir():
+            with self._locked():
+                self._load()
+
+    @contextmanager
+    def _locked(self):
+        """Exclusive lock on ``<dir>/.lock`` (POSIX; a no-op where fcntl is unavailable)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            yield
+            return
+        with open(self.dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _load(self) -> None:
-        emb, paths = self.dir / "embeddings.npy", self.dir / "paths.csv"
-        if not (emb.is_file() and paths.is_file()):
+        self.matrix, self.rows = None, {}
+        emb, paths, meta = self.dir / "embeddings.npy", self.dir / "paths.csv", self.dir / "model.json"
+        if not (emb.is_file() and paths.is_file() and meta.is_file()):
             return
         try:
+            if read_json(meta).get("embeddings_sha256") != sha256_file(emb):
+                log.warning("embedding cache %s: embeddings.npy does not match its index; recomputing", self.dir)
+                return
             matrix = np.load(emb, allow_pickle=False)
             rows = read_csv(paths, required=("path", "size", "mtime_ns"))
         except (OSError, ValueError, FroqError) as exc:
@@ -97,6 +122,11 @@ class EmbeddingCache:
         if not len(abs_paths):
             return
         embeddings = np.asarray(embeddings, dtype=np.float32)
+        with self._locked():
+            self._load()  # merge with what another run may have written meanwhile
+            self._add(abs_paths, embeddings)
+
+    def _add(self, abs_paths: Sequence[Path], embeddings: np.ndarray) -> None:
         if self.matrix is not None and self.matrix.shape[1] != embeddings.shape[1]:
             self.matrix, self.rows = None, {}
         matrix = self.matrix if self.matrix is not None else np.zeros((0, embeddings.shape[1]), np.float32)
@@ -117,7 +147,8 @@ class EmbeddingCache:
         write_npy(self.dir / "embeddings.npy", matrix)
         write_csv(self.dir / "paths.csv", ["path", "size", "mtime_ns"],
                   [(p, s, m) for p, (_, s, m) in ordered])
-        write_json(self.dir / "model.json", self.identity)
+        write_json(self.dir / "model.json", {**self.identity,
+                                             "embeddings_sha256": sha256_file(self.dir / "embeddings.npy")})
         self.matrix, self.rows = matrix, new_rows
 
 

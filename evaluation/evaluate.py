@@ -247,7 +247,7 @@ def run_evaluation(cfg: dict) -> dict:
     limit = cfg["discard_limit"]
     rule = cfg["pair_quality"]
     seeds = list(range(cfg["random_seeds"]))
-    cache_dir = outdir / "cache" if cfg["cache"] else None
+    cache_dir = (Path(cfg.get("cache_dir") or outdir / "cache")) if cfg["cache"] else None
 
     protocols: dict[str, PairProtocol] = {}
     results: dict = {b.name: {} for b in benches}

@@ -47,7 +47,8 @@ SCHEMA = {
     "device": Key(device_name, default="auto"),
     "batch_size": Key(positive_int, default=64),
     "num_workers": Key("int", default=0, minimum=0),
-    "cache": Key("bool", default=True, help="cache embeddings under outdir/cache"),
+    "cache": Key("bool", default=True, help="cache embeddings (see cache_dir)"),
+    "cache_dir": Key("path", default=None, help="embedding cache folder (default: outdir/cache)"),
     "plots": Key("bool", default=True, help="write edc_<benchmark>_<model>.png"),
 }
 

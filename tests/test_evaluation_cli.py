@@ -214,6 +214,13 @@ def test_cli_end_to_end_outputs_and_consistency(bench, tmp_path, capsys, monkeyp
     with pytest.raises(AssertionError, match="recomputed"):
         eval_main(["-c", str(cfg), "--set", "plots=false"])
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # a tampered/torn cache file is detected (sha256 in model.json) and not used
+    (npy,) = (out / "cache").glob("test_eval_tiny-*/embeddings.npy")
+    arr = np.load(npy)
+    np.save(npy, np.zeros_like(arr))
+    with pytest.raises(AssertionError, match="recomputed"):
+        eval_main(["-c", str(cfg), "--set", "plots=false"])
+    np.save(npy, arr)
 
     # scores read from files under another model name give the same metrics
     cfg2 = _config(bench, tmp_path / "out2",
