@@ -17,6 +17,7 @@ import yaml
 from froq.errors import FroqError
 
 _MISSING = object()
+_RAISE = object()
 
 
 @dataclass
@@ -75,12 +76,12 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def get_dotted(cfg: Mapping, key: str, default: Any = _MISSING) -> Any:
+def get_dotted(cfg: Mapping, key: str, default: Any = _RAISE) -> Any:
     """``get_dotted({'a': {'b': 1}}, 'a.b') -> 1``; ``default`` (or KeyError) when absent."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            if default is _MISSING:
+            if default is _RAISE:
                 raise KeyError(key)
             return default
         node = node[part]

@@ -156,6 +156,11 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def discard_partial(final_path: str | os.PathLike) -> None:
+    """Remove the ``<final_path>.partial`` resume log of a finished stage (if any)."""
+    Path(str(final_path) + ".partial").unlink(missing_ok=True)
+
+
 class RowLog:
     """Append-only log of finished rows for a long stage, so an interrupted run resumes.
 

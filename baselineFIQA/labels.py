@@ -1,0 +1,127 @@
+"""Auxiliary training-free FIQA (spec §2): embedding stability under flip, noise and occlusion.
+
+``pseudo_label_batch`` scores one batch; ``compute_pseudo_labels`` scores a folder (resumable).
+Label = mean of the three components; higher = better quality.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from baselineFIQA import perturbations
+from face_recognition_model.loading import FRModel
+from froq.batches import iterate_folder
+from froq.device import autocast_context
+from froq.images import FailureLog, list_images
+from froq.io import RowLog
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("path", "flip", "noise", "occlusion", "quality")
+
+
+@dataclass
+class LabelSettings:
+    """Constants of the auxiliary FIQA: noise strengths α, K noise draws, occlusion cell (px), seed,
+    and how many perturbed images go through the model at once."""
+
+    alphas: Sequence[float] = (0.001,)
+    noise_count: int = 10
+    mpx: int = 14
+    seed: int = 0
+    forward_batch: int = 256
+    autocast: bool = True
+
+
+class PseudoLabeler:
+    """Holds the shared noise bank and masks for one FR model and scores batches of inputs."""
+
+    def __init__(self, fr: FRModel, settings: LabelSettings) -> None:
+        self.fr = fr
+        self.s = settings
+        h, w = fr.preprocess.size
+        self.noise = perturbations.noise_bank((3, h, w), settings.noise_count, settings.seed).to(fr.device)
+        self.masks = perturbations.occlusion_masks(h, w, settings.mpx).to(fr.device)
+        self.fill = fr.preprocess.black_value().to(fr.device)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of many images, ``forward_batch`` at a time, as float32."""
+        outs = []
+        with torch.no_grad(), autocast_context(self.fr.device, self.s.autocast):
+            for chunk in torch.split(x, self.s.forward_batch):
+                outs.append(self.fr.network(chunk).float())
+        return torch.cat(outs)
+
+    def _cos_to(self, ref: torch.Tensor, perturbed: torch.Tensor, per_image: int) -> torch.Tensor:
+        """Mean cosine of each image's ``per_image`` perturbed embeddings to its reference."""
+        emb = self._embed(perturbed).view(ref.shape[0], per_image, -1)
+        return F.cosine_similarity(emb, ref.unsqueeze(1), dim=-1).mean(dim=1)
+
+    def score(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batch of model inputs (B, 3, H, W) → {'flip','noise','occlusion','quality'} each (B,)."""
+        ref = self._embed(x)  # the unperturbed embedding, computed once for all components
+        q_flip = self._cos_to(ref, perturbations.flip(x), 1)
+        noise_terms = [self._cos_to(ref, perturbations.add_noise(x, self.noise, a), self.noise.shape[0])
+                       for a in self.s.alphas]
+        q_noise = torch.stack(noise_terms).mean(dim=0)
+        q_occ = self._occlusion(x, ref)
+        quality = (q_flip + q_noise + q_occ) / 3.0
+        return {"flip": q_flip.cpu(), "noise": q_noise.cpu(), "occlusion": q_occ.cpu(),
+                "quality": quality.cpu()}
+
+    def _occlusion(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        # images one at a time × all masks keeps memory bounded for big batches
+        per_image = max(1, self.s.forward_batch // self.masks.shape[0])
+        parts = []
+        for start in range(0, x.shape[0], per_image):
+            xs = x[start:start + per_image]
+            parts.append(self._cos_to(ref[start:start + per_image],
+                                      perturbations.occlude(xs, self.masks, self.fill), self.masks.shape[0]))
+        return torch.cat(parts)
+
+
+def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | None = None,
+                          batch_size: int = 32, alphas: Sequence[float] = (0.001,), mpx: int = 14,
+                          seed: int = 0, num_workers: int = 0, noise_count: int = 10,
+                          forward_batch: int = 256, resume_path: str | Path | None = None,
+                          failures: FailureLog | None = None) -> list[dict]:
+    """Pseudo-labels of the images of ``root`` with model ``fr``.
+
+    In: a loaded FR model, an image folder (or explicit relative ``paths``), the auxiliary FIQA's
+    constants, and optionally ``resume_path`` (the final CSV path; finished rows are kept in
+    ``<resume_path>.partial`` and reused when run again with the same settings).
+    Out: rows ``{path, flip, noise, occlusion, quality}`` (floats) in file order, readable images only;
+    unreadable ones go to ``failures``.
+    """
+    settings = LabelSettings(alphas=tuple(float(a) for a in alphas), noise_count=noise_count, mpx=mpx,
+                             seed=seed, forward_batch=forward_batch)
+    labeler = PseudoLabeler(fr, settings)
+    paths = list(paths) if paths is not None else list_images(root)
+    rowlog = None
+    if resume_path is not None:
+        rowlog = RowLog(resume_path, COLUMNS, {"stage": "pseudo_labels", "model": fr.identity(),
+                                               "settings": settings.__dict__, "root": str(root)})
+    failures = failures if failures is not None else FailureLog("pseudo-labels")
+    done = dict(rowlog.done) if rowlog else {}
+    for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,
+                                              done=set(done), failures=failures,
+                                              num_workers=num_workers, device=fr.device,
+                                              desc="pseudo-labels"):
+        scores = labeler.score(images)
+        rows = [[p] + [float(scores[c][i]) for c in COLUMNS[1:]] for i, p in enumerate(batch_paths)]
+        if rowlog:
+            rowlog.append(rows)
+        for r in rows:
+            done[r[0]] = r
+    out = []
+    for p in paths:
+        if p in done:
+            r = done[p]
+            out.append({"path": p, **{c: float(v) for c, v in zip(COLUMNS[1:], r[1:])}})
+    return out

@@ -1,0 +1,63 @@
+"""Stage 1 — pseudo-labels of a calibration set with the auxiliary training-free FIQA (spec §2).
+
+    python baselineFIQA/main.py -c configs/baseline.yaml [--set dataset.batch_size=16 ...]
+
+Writes a CSV ``path,flip,noise,occlusion,quality`` (paths relative to ``dataset.path``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
+from froq.cli import run_main, setup_logging, stage_parser
+from froq.config import Key, float_list, load_config, positive_int, public
+from froq.images import FailureLog
+from froq.io import discard_partial, write_csv, write_json
+from froq.stage import COMMON_KEYS, check_image_size, fr_from_stage_config, output_path
+
+log = logging.getLogger("baselineFIQA")
+
+SCHEMA = {
+    "face_recognition_config": Key("path", help="the FR model's YAML config, e.g. configs/fr/dlib_resnet.yaml"),
+    "dataset.path": Key("path", help="folder of aligned calibration faces"),
+    "dataset.batch_size": Key(positive_int, default=32),
+    "dataset.mpx": Key(positive_int, default=14, help="side of an occlusion cell in pixels"),
+    "dataset.image_size": Key("any", default=None, help="model input size; must equal the FR config's"),
+    "dataset.alphas": Key(float_list, default=[0.001], help="noise strengths"),
+    "dataset.noise_count": Key(positive_int, default=10),
+    "forward_batch": Key(positive_int, default=256, help="perturbed images per forward call"),
+    "outpath": Key("path", help="output CSV (or a folder: labels.csv inside)"),
+    **COMMON_KEYS,
+}
+
+
+def main(argv=None) -> None:
+    """Parse arguments, compute the pseudo-labels, write the CSV (atomically) and a summary."""
+    args = stage_parser(__doc__.splitlines()[1]).parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, SCHEMA, args.overrides)
+    fr = fr_from_stage_config(cfg)
+    ds = cfg["dataset"]
+    check_image_size(ds.get("image_size"), fr, cfg["_source"])
+    out = output_path(cfg["outpath"], "labels.csv")
+    failures = FailureLog("pseudo-labels")
+    start = time.perf_counter()
+    rows = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
+                                 mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
+                                 noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
+                                 resume_path=out, failures=failures)
+    write_csv(out, COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
+    write_json(out.with_suffix(".meta.json"), {
+        "stage": "pseudo_labels", "model": fr.identity(), "config": public(cfg),
+        "images": len(rows), "unreadable": [{"path": p, "reason": r} for p, r in failures.items]})
+    discard_partial(out)  # the resume log is no longer needed once the CSV is written
+    elapsed = time.perf_counter() - start
+    log.info("%d pseudo-labels in %.1f s; %s", len(rows), elapsed, failures.summary())
+    print(f"pseudo-labels: {out} ({len(rows)} images; {failures.summary()})")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

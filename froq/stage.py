@@ -1,0 +1,55 @@
+"""Helpers shared by the stage entry points: the FR model from a stage config, summaries."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from face_recognition_model.loading import FRModel, load_fr_config, load_fr_model
+from froq.config import Key
+from froq.device import resolve_device
+from froq.errors import FroqError
+
+log = logging.getLogger(__name__)
+
+# keys every stage accepts (in addition to its own)
+COMMON_KEYS = {
+    "device": Key("str", default="auto", help="auto | cpu | cuda | cuda:N"),
+    "num_workers": Key("int", default=0, minimum=0, help="DataLoader worker processes"),
+    "seed": Key("int", default=0),
+    "fr_overrides": Key("list", default=[], help="--set style overrides applied to the FR config"),
+}
+
+
+def fr_from_stage_config(cfg: dict) -> FRModel:
+    """Load the FR model named by ``cfg['face_recognition_config']`` on ``cfg['device']``.
+
+    Keys of the FR config can be overridden from the stage with ``fr_overrides: [model.weights=...]``
+    or on the command line with ``--set fr_overrides=[model.weights=PATH]``.
+    """
+    device = resolve_device(cfg.get("device"))
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    fr_cfg = load_fr_config(cfg["face_recognition_config"], cfg.get("fr_overrides") or [])
+    fr = load_fr_model(fr_cfg, device)
+    log.info("FR model %s (%s) on %s", fr.arch, fr.weights or "random weights", device)
+    return fr
+
+
+def check_image_size(cfg_size, fr: FRModel, source: str, key: str = "dataset.image_size") -> None:
+    """Fail clearly when a stage's ``image_size`` disagrees with the FR model's input size."""
+    if cfg_size is None:
+        return
+    size = (cfg_size, cfg_size) if isinstance(cfg_size, int) else tuple(cfg_size)
+    if tuple(size) != tuple(fr.preprocess.size):
+        raise FroqError(f"{source}: {key} is {cfg_size} but the FR config's preprocess.size is "
+                        f"{list(fr.preprocess.size)}: make them equal (or drop {key})")
+
+
+def output_path(value: str, default_name: str) -> Path:
+    """``outpath`` as a file path: a folder (existing, or ending in '/') gets ``default_name``."""
+    p = Path(value)
+    if value.endswith(("/", "\\")) or p.is_dir():
+        return p / default_name
+    return p

@@ -1,0 +1,125 @@
+"""The one hook mechanism of FROQ: per-image L2 norms of module outputs, reduced inside forward
+hooks (activations are never stored), with optional early exit once the wanted layers have fired.
+
+Used by observer initialisation (all layers, one pass) and inference (selected layers only).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from froq.errors import FroqError
+
+log = logging.getLogger(__name__)
+
+
+class EarlyExit(Exception):
+    """Raised from a hook to stop the forward pass once every observed layer has fired."""
+
+
+def observable_layers(model: nn.Module) -> list[str]:
+    """Names of every submodule in ``named_modules()`` order, the root excluded (spec §0)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+class NormRecorder:
+    """Context manager: forward hooks on ``layers`` of ``model`` recording per-image L2 norms.
+
+    For each forward of a batch of B images, ``norms()`` returns a (B, L) float64 array, one column
+    per layer in the given order; NaN where a layer did not fire or its output was not a tensor with
+    the batch as first dimension. A module called several times in one forward keeps its last call.
+
+    ``early_exit=True`` raises ``EarlyExit`` (caught by ``run``) as soon as every layer has fired as
+    many times as it did in the first (complete) forward — so layers called repeatedly are safe.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
+                 early_exit: bool = False) -> None:
+        modules = dict(model.named_modules())
+        self.model = model
+        self.layers = list(layers) if layers is not None else observable_layers(model)
+        unknown = [name for name in self.layers if name not in modules or not name]
+        if unknown:
+            raise FroqError(f"layer(s) not found in the model: {', '.join(unknown[:5])}"
+                            " — the observer file does not belong to this FR model")
+        self._modules = [modules[name] for name in self.layers]
+        self.early_exit = early_exit
+        self._handles: list = []
+        self._expected_calls: list[int] | None = None
+        self._reset(0)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "NormRecorder":
+        for col, module in enumerate(self._modules):
+            self._handles.append(module.register_forward_hook(self._make_hook(col)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _reset(self, batch_size: int) -> None:
+        self._batch = batch_size
+        self._values: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._calls = [0] * len(self.layers)
+        self._fired = 0
+        self._last_output: torch.Tensor | None = None
+        self._last_norm: torch.Tensor | None = None
+        self._last_version = -1
+
+    def _make_hook(self, col: int):
+        def hook(module, inputs, output):
+            self._calls[col] += 1
+            if self._calls[col] == 1:
+                self._fired += 1
+            value = None
+            if isinstance(output, torch.Tensor) and output.dim() >= 1 and output.shape[0] == self._batch:
+                # a container returning its last child's tensor: reuse that norm, unless the
+                # tensor was modified in place since (e.g. an inplace ReLU returns its input)
+                if output is self._last_output and output._version == self._last_version:
+                    value = self._last_norm
+                else:
+                    flat = output.detach().reshape(self._batch, -1)
+                    value = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32)
+                    self._last_output, self._last_norm = output, value
+                    self._last_version = output._version
+            self._values[col] = value
+            if self.early_exit and self._expected_calls is not None and self._fired == len(self.layers):
+                if all(c >= e for c, e in zip(self._calls, self._expected_calls)):
+                    raise EarlyExit
+        return hook
+
+    # -- use ---------------------------------------------------------------------------------
+    def run(self, forward, batch: torch.Tensor):
+        """Run ``forward(batch)`` while recording; returns its output, or None after an early exit."""
+        self._reset(batch.shape[0])
+        try:
+            out = forward(batch)
+        except EarlyExit:
+            out = None
+        finally:
+            self._last_output = self._last_norm = None
+        if self._expected_calls is None:
+            self._expected_calls = list(self._calls)
+            if self.early_exit and out is None:  # cannot happen: expectations are set after a full pass
+                raise RuntimeError("early exit before expectations were known")
+        return out
+
+    def norms(self) -> np.ndarray:
+        """(B, L) float64 norms of the last ``run``; NaN for layers without a usable output."""
+        out = np.full((self._batch, len(self.layers)), np.nan, dtype=np.float64)
+        cols = [i for i, v in enumerate(self._values) if v is not None]
+        if cols:
+            stacked = torch.stack([self._values[i] for i in cols], dim=1).cpu().double().numpy()
+            out[:, cols] = stacked
+        return out
+
+    def fired(self) -> list[bool]:
+        """Per layer: did it fire (produce any output) in the last ``run``?"""
+        return [c > 0 for c in self._calls]
