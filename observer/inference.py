@@ -1,0 +1,171 @@
+"""Stage 3 — FROQ quality of aligned faces (spec §4): one (early-exiting) forward pass per image.
+
+    python observer/inference.py -c configs/inference.yaml [--set target_dataset=DIR ...]
+
+Quality = mean L2 norm of the observer's selected layers; higher = better.
+Writes a CSV ``path,quality`` (paths relative to ``target_dataset``) and, with
+``save_embeddings: true``, ``<outpath stem>.embeddings.npy`` + ``<outpath stem>.embeddings.csv``
+(the row order) from the same pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from face_recognition_model.loading import FRModel
+from froq.batches import iterate_folder
+from froq.cli import run_main, setup_logging, stage_parser
+from froq.config import Key, load_config, positive_int, public
+from froq.device import autocast_context
+from froq.errors import FroqError
+from froq.images import FailureLog, list_images
+from froq.io import RowLog, discard_partial, read_json, write_csv, write_json, write_npy
+from froq.stage import COMMON_KEYS, fr_from_stage_config, output_path
+from observer.hooks import NormRecorder
+
+log = logging.getLogger("observer.inference")
+
+SCHEMA = {
+    "face_recognition_config": Key("path", help="the FR model's YAML config (the one used at init)"),
+    "target_dataset": Key("path", help="folder of aligned faces to score"),
+    "batch_size": Key(positive_int, default=32),
+    "observer_data": Key("path", help="observer JSON written by observer/initialization.py"),
+    "early_exit": Key("bool", default=True, help="stop each forward once the selected layers fired"),
+    "save_embeddings": Key("bool", default=False, help="also write FR embeddings (same pass)"),
+    "autocast": Key("bool", default=True, help="fp16 autocast on CUDA (ignored on CPU)"),
+    "outpath": Key("path", help="quality CSV (or a folder: qualities.csv inside)"),
+    **COMMON_KEYS,
+}
+
+
+def read_observer(path: str | Path) -> dict:
+    """Read and check an observer JSON; FroqError naming the file if it is unusable."""
+    obs = read_json(path)
+    layers = obs.get("selected_layers") if isinstance(obs, dict) else None
+    if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
+        raise FroqError(f"{path}: no 'selected_layers' list of layer names — not an observer file "
+                        "from observer/initialization.py")
+    return obs
+
+
+def check_same_model(obs: dict, fr: FRModel, source: str) -> None:
+    """Refuse an observer initialised on another architecture or other weights; warn on other
+    preprocessing (the norms would not be comparable)."""
+    model = obs.get("model") or {}
+    if model.get("arch") and model["arch"] != fr.arch:
+        raise FroqError(f"{source}: the observer was initialised on '{model['arch']}' but the FR "
+                        f"config loads '{fr.arch}': use the same FR config for init and inference")
+    want, have = model.get("weights_sha256"), fr.weights_sha256
+    if want and have and want != have:
+        raise FroqError(f"{source}: the observer was initialised with other weights "
+                        f"({model.get('weights')}, sha256 {want[:12]}…) than {fr.weights} "
+                        f"(sha256 {have[:12]}…): re-run initialisation or point at those weights")
+    if model.get("preprocess") and model["preprocess"] != fr.preprocess.to_config():
+        log.warning("%s: the observer was initialised with preprocessing %s, now %s: "
+                    "qualities will not match the calibration", source, model["preprocess"],
+                    fr.preprocess.to_config())
+
+
+def embedding_dim(fr: FRModel) -> int:
+    """Length of the FR model's embedding (one forward of a blank image)."""
+    h, w = fr.preprocess.size
+    with torch.no_grad():
+        out = fr.network(torch.zeros(1, 3, h, w, device=fr.device))
+    return int(out.reshape(1, -1).shape[1])
+
+
+def score_folder(fr: FRModel, root: str | Path, layers: Sequence[str], batch_size: int = 32,
+                 paths: Sequence[str] | None = None, early_exit: bool = True,
+                 save_embeddings: bool = False, num_workers: int = 0, autocast: bool = True,
+                 resume_path: str | Path | None = None,
+                 failures: FailureLog | None = None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """FROQ qualities of the images of ``root``.
+
+    In: FR model, folder (or explicit relative ``paths``), selected layer names, batch size,
+    early exit (ignored when embeddings are wanted), and optionally ``resume_path`` (the output CSV;
+    finished rows are kept in ``<path>.partial``).
+    Out: (paths in folder order, (N,) float64 qualities, (N, D) float32 embeddings or None).
+    """
+    paths = list(paths) if paths is not None else list_images(root)
+    if not paths:
+        raise FroqError(f"{root}: no images found (.jpg .jpeg .png .bmp .webp, searched recursively)")
+    dim = embedding_dim(fr) if save_embeddings else 0
+    header = ["path", "quality"] + [f"e{i}" for i in range(dim)]
+    rowlog = None
+    if resume_path is not None:
+        rowlog = RowLog(resume_path, header, {"stage": "inference", "model": fr.identity(),
+                                              "layers": list(layers), "root": str(root),
+                                              "embeddings": dim,
+                                              "autocast": autocast and fr.device.type == "cuda"})
+    done: dict[str, list[float]] = {}
+    if rowlog:
+        done = {p: [float(v) for v in row[1:]] for p, row in rowlog.done.items()}
+    stop_early = early_exit and not save_embeddings
+    with NormRecorder(fr.network, layers, early_exit=stop_early) as recorder:
+        with torch.no_grad(), autocast_context(fr.device, autocast):
+            for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,
+                                                      done=set(done), failures=failures,
+                                                      num_workers=num_workers, device=fr.device,
+                                                      desc="FROQ quality"):
+                out = recorder.run(fr.network, images)
+                norms = recorder.norms()
+                if np.isnan(norms).any():
+                    bad = [layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
+                    raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
+                                    "this model: the observer file does not belong to it")
+                quality = norms.mean(axis=1)
+                emb = out.float().reshape(len(batch_paths), -1).cpu().numpy() if save_embeddings else None
+                rows = [[p, quality[i]] + (emb[i].tolist() if emb is not None else [])
+                        for i, p in enumerate(batch_paths)]
+                if rowlog:
+                    rowlog.append(rows)
+                for r in rows:
+                    done[r[0]] = [float(v) for v in r[1:]]
+    read = [p for p in paths if p in done]
+    qualities = np.array([done[p][0] for p in read], dtype=np.float64)
+    embeddings = (np.array([done[p][1:] for p in read], dtype=np.float32).reshape(len(read), dim)
+                  if save_embeddings else None)
+    return read, qualities, embeddings
+
+
+def main(argv=None) -> None:
+    """Parse arguments, score the target folder, write the CSV (and embeddings) atomically."""
+    args = stage_parser(__doc__.splitlines()[1]).parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, SCHEMA, args.overrides)
+    obs = read_observer(cfg["observer_data"])
+    fr = fr_from_stage_config(cfg)
+    check_same_model(obs, fr, cfg["observer_data"])
+    out = output_path(cfg["outpath"], "qualities.csv")
+    failures = FailureLog("inference")
+    start = time.perf_counter()
+    paths, qualities, embeddings = score_folder(
+        fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
+        early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
+        num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
+    write_csv(out, ["path", "quality"], zip(paths, qualities.tolist()))
+    if embeddings is not None:
+        stem = out.with_suffix("")
+        write_npy(f"{stem}.embeddings.npy", embeddings)
+        write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(paths))
+    write_json(out.with_suffix(".meta.json"), {
+        "stage": "inference", "model": fr.identity(), "observer": cfg["observer_data"],
+        "selected_layers": obs["selected_layers"], "images": len(paths), "config": public(cfg),
+        "unreadable": [{"path": p, "reason": r} for p, r in failures.items]})
+    discard_partial(out)
+    elapsed = time.perf_counter() - start
+    log.info("%d images scored in %.1f s (%.1f img/s); %s", len(paths), elapsed,
+             len(paths) / max(elapsed, 1e-9), failures.summary())
+    print(f"qualities: {out} ({len(paths)} images; {failures.summary()})"
+          + (f"; embeddings: {out.with_suffix('')}.embeddings.npy" if embeddings is not None else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
