@@ -89,7 +89,7 @@ class PseudoLabeler:
 def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | None = None,
                           batch_size: int = 32, alphas: Sequence[float] = (0.001,), mpx: int = 14,
                           seed: int = 0, num_workers: int = 0, noise_count: int = 10,
-                          forward_batch: int = 256, resume_path: str | Path | None = None,
+                          forward_batch: int | str = "auto", resume_path: str | Path | None = None,
                           failures: FailureLog | None = None) -> list[dict]:
     """Pseudo-labels of the images of ``root`` with model ``fr``.
 
@@ -99,6 +99,9 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
     Out: rows ``{path, flip, noise, occlusion, quality}`` (floats) in file order, readable images only;
     unreadable ones go to ``failures``.
     """
+    if forward_batch in (None, "auto"):
+        # on CPU bigger chunks only cost memory traffic (measured: 32 is ~1.6x faster than 256)
+        forward_batch = 256 if fr.device.type == "cuda" else 32
     settings = LabelSettings(alphas=tuple(float(a) for a in alphas), noise_count=noise_count, mpx=mpx,
                              seed=seed, forward_batch=forward_batch)
     labeler = PseudoLabeler(fr, settings)

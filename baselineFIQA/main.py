@@ -13,7 +13,7 @@ import time
 
 from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
 from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, float_list, load_config, positive_int, public
+from froq.config import Key, float_list, load_config, positive_int, public, int_or_auto
 from froq.images import FailureLog
 from froq.io import discard_partial, write_csv, write_json
 from froq.stage import COMMON_KEYS, check_image_size, fr_from_stage_config, output_path
@@ -28,7 +28,8 @@ SCHEMA = {
     "dataset.image_size": Key("any", default=None, help="model input size; must equal the FR config's"),
     "dataset.alphas": Key(float_list, default=[0.001], help="noise strengths"),
     "dataset.noise_count": Key(positive_int, default=10),
-    "forward_batch": Key(positive_int, default=256, help="perturbed images per forward call"),
+    "forward_batch": Key(int_or_auto, default="auto",
+                         help="perturbed images per forward call; auto = 32 on CPU, 256 on CUDA"),
     "outpath": Key("path", help="output CSV (or a folder: labels.csv inside)"),
     **COMMON_KEYS,
 }

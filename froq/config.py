@@ -197,6 +197,13 @@ def positive_int(value):
     return value
 
 
+def int_or_auto(value):
+    """Validator: an integer >= 1, or ``auto`` (the caller picks a device-dependent value)."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return "auto"
+    return positive_int(value)
+
+
 def float_list(value):
     """Validator: a non-empty list of numbers (a single number is accepted as a list of one)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -15,7 +15,7 @@ import numpy as np
 
 from baselineFIQA.methods.common import MethodResult
 from face_recognition_model.loading import FRModel
-from froq.config import Key, float_list, positive_int
+from froq.config import Key, float_list, positive_int, int_or_auto
 from froq.images import FailureLog
 
 NAME = "aux_fiqa"
@@ -27,7 +27,8 @@ OPTIONS = {
     "noise_count": Key(positive_int, default=10, help="noise draws K per α"),
     "mpx": Key(positive_int, default=14, help="side of an occlusion cell in pixels"),
     "seed": Key("int", default=0),
-    "forward_batch": Key(positive_int, default=256, help="perturbed images per forward call"),
+    "forward_batch": Key(int_or_auto, default="auto",
+                         help="perturbed images per forward call; auto = 32 on CPU, 256 on CUDA"),
 }
 
 
