@@ -22,10 +22,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from froq.errors import FroqError
-from froq.images import FailureLog, ImageFolder, image_loader
+from froq.batches import iterate_folder
+from froq.images import FailureLog
 from froq.io import read_csv, read_json, sha256_file, write_csv, write_json, write_npy
 
 from evaluation.pair_protocols import PairProtocol, normalise_rel_path
@@ -154,24 +154,22 @@ class EmbeddingCache:
 
 def compute_embeddings(fr, root: Path, rel_paths: Sequence[str], batch_size: int = 64,
                        num_workers: int = 0, desc: str = "embeddings") -> np.ndarray:
-    """Embed images ``root/rel_paths`` with ``fr`` (an ``FRModel``) through ``froq.images.ImageFolder``.
+    """Embed images ``root/rel_paths`` with ``fr`` (an ``FRModel``) through the shared folder reader.
 
     Out: float32 (N, D) in the order of ``rel_paths``. Raises FroqError listing unreadable images
     (pairs are never silently dropped).
     """
-    dataset = ImageFolder(root, fr.preprocess, paths=list(rel_paths))
-    loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=fr.device)
+    rel_paths = list(rel_paths)
+    index = {p: i for i, p in enumerate(rel_paths)}
     out: np.ndarray | None = None
     failures = FailureLog("evaluation")
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-        for i, reason in batch.failures:
-            failures.add(dataset.paths[i], reason)
-        if batch.images is None:
-            continue
-        emb = fr.embed(batch.images).numpy()
+    for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=rel_paths,
+                                              failures=failures, num_workers=num_workers,
+                                              device=fr.device, desc=desc):
+        emb = fr.embed(images).numpy()
         if out is None:
-            out = np.zeros((len(dataset), emb.shape[1]), dtype=np.float32)
-        out[batch.indices] = emb
+            out = np.zeros((len(rel_paths), emb.shape[1]), dtype=np.float32)
+        out[[index[p] for p in batch_paths]] = emb
     if failures.items:
         raise FroqError(f"{root}: {failures.summary()} — every image of the benchmark's pairs must be "
                         "readable; fix or replace these files")
