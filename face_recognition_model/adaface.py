@@ -53,7 +53,15 @@ def _shortcut(in_channels: int, depth: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_channels, depth, (1, 1), stride, bias=False), nn.BatchNorm2d(depth))
 
 
-class BasicBlockIR(nn.Module):
+class _ResidualUnit(nn.Module):
+    """``res_layer(x) + shortcut_layer(x)``; subclasses build the two branches (in that order)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut_layer(x)
+        return self.res_layer(x) + shortcut
+
+
+class BasicBlockIR(_ResidualUnit):
     """IR unit: BN → conv3×3 → BN → PReLU → conv3×3 (stride) → BN [→ SE], plus the shortcut."""
 
     def __init__(self, in_channels: int, depth: int, stride: int, se: bool = False) -> None:
@@ -70,12 +78,8 @@ class BasicBlockIR(nn.Module):
         if se:
             self.res_layer.add_module("se_block", SEModule(depth, 16))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut_layer(x)
-        return self.res_layer(x) + shortcut
 
-
-class BottleneckIR(nn.Module):
+class BottleneckIR(_ResidualUnit):
     """IR bottleneck unit (IR-152/200): 1×1 reduce → 3×3 → 1×1 expand (stride), BN/PReLU between."""
 
     def __init__(self, in_channels: int, depth: int, stride: int, se: bool = False) -> None:
@@ -95,10 +99,6 @@ class BottleneckIR(nn.Module):
         )
         if se:
             self.res_layer.add_module("se_block", SEModule(depth, 16))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut_layer(x)
-        return self.res_layer(x) + shortcut
 
 
 class AdaFaceBackbone(nn.Module):
