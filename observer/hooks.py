@@ -31,8 +31,8 @@ class NormRecorder:
     """Context manager: forward hooks on ``layers`` of ``model`` recording per-image L2 norms.
 
     For each forward of a batch of B images, ``norms()`` returns a (B, L) float64 array, one column
-    per layer in the given order; NaN where a layer did not fire or its output was not a tensor with
-    the batch as first dimension. A module called several times in one forward keeps its last call.
+    per layer in the given order; NaN where a layer did not fire or its output was not a floating tensor
+    with the batch as first dimension. A module called several times in one forward keeps its last call.
 
     ``early_exit=True`` raises ``EarlyExit`` (caught by ``run``) as soon as every layer has fired as
     many times as it did in the first (complete) forward — so layers called repeatedly are safe.
@@ -79,7 +79,10 @@ class NormRecorder:
             if self._calls[col] == 1:
                 self._fired += 1
             value = None
-            if isinstance(output, torch.Tensor) and output.dim() >= 1 and output.shape[0] == self._batch:
+            # floating tensors only: converted graphs (onnx2torch) have integer shape/constant
+            # nodes whose first dimension may equal the batch size by chance
+            if (isinstance(output, torch.Tensor) and output.is_floating_point()
+                    and output.dim() >= 1 and output.shape[0] == self._batch):
                 # a container returning its last child's tensor: reuse that norm, unless the
                 # tensor was modified in place since (e.g. an inplace ReLU returns its input)
                 if output is self._last_output and output._version == self._last_version:
