@@ -28,14 +28,23 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def list_images(root: str | os.PathLike) -> list[str]:
     """Relative POSIX paths of every image below ``root`` (recursive, sorted, any-case extension).
 
-    In: a folder. Out: e.g. ``['Name/Name_0001.jpg', ...]``. Hidden files and folders are skipped.
+    In: a folder. Out: e.g. ``['Name/Name_0001.jpg', ...]``. Hidden files and folders are skipped;
+    symlinked folders are followed, but a folder reached twice (a symlink loop) is searched once.
     Raises FroqError if ``root`` is not a folder or holds no image.
     """
     root = Path(root)
     if not root.is_dir():
         raise FroqError(f"image folder not found: {root}")
     found = []
+    seen: set[str] = set()  # real paths of visited folders: a symlink loop is walked only once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            log.warning("%s: skipping %s (a symlink to a folder already searched)", root,
+                        Path(dirpath).relative_to(root).as_posix())
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
