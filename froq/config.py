@@ -8,6 +8,8 @@ the config file and the key, e.g. ``configs/x.yaml: dataset.batch_size: must be 
 from __future__ import annotations
 
 import copy
+import difflib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -15,6 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from froq.errors import FroqError
+
+log = logging.getLogger(__name__)
 
 _MISSING = object()
 _RAISE = object()
@@ -148,8 +152,8 @@ def validate(cfg: dict, schema: Mapping[str, Key], source: str, allow_extra: boo
 
     In: the nested config, the schema, and the source name used in messages (the file path).
     Out: the same dict with defaults filled and values converted. Raises FroqError
-    ``"<source>: <key>: <reason>"`` on the first problem. Unknown keys are allowed (logged by
-    callers if they wish) unless ``allow_extra`` is False.
+    ``"<source>: <key>: <reason>"`` on the first problem. Unknown keys (typos) are logged as a
+    warning, or raise FroqError when ``allow_extra`` is False.
     """
     for key, spec in schema.items():
         value = get_dotted(cfg, key, _MISSING)
@@ -163,11 +167,15 @@ def validate(cfg: dict, schema: Mapping[str, Key], source: str, allow_extra: boo
             set_dotted(cfg, key, _check(value, spec))
         except (ValueError, TypeError) as exc:
             raise FroqError(f"{source}: {key}: {exc}") from None
-    if not allow_extra:
-        known = set(schema)
-        for key in _flatten(cfg):
-            if key not in known and not any(key.startswith(k + ".") for k in known):
-                raise FroqError(f"{source}: unknown key '{key}'")
+    known = set(schema)
+    unknown = [key for key in _flatten(cfg) if not key.startswith("_") and key not in known
+               and not any(key.startswith(k + ".") for k in known)]
+    if unknown and not allow_extra:
+        raise FroqError(f"{source}: unknown key '{unknown[0]}'")
+    for key in unknown:  # most likely a typo (e.g. --set dataset.batchsize=16): say so, don't ignore it
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        log.warning("%s: unknown key '%s' ignored%s", source, key,
+                    f" (did you mean '{close[0]}'?)" if close else "")
     return cfg
 
 
