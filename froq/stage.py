@@ -8,15 +8,16 @@ from pathlib import Path
 import torch
 
 from face_recognition_model.loading import FRModel, load_fr_config, load_fr_model
-from froq.config import Key
+from froq.config import Key, device_name
 from froq.device import resolve_device
 from froq.errors import FroqError
+from froq.images import FailureLog
 
 log = logging.getLogger(__name__)
 
 # keys every stage accepts (in addition to its own)
 COMMON_KEYS = {
-    "device": Key("str", default="auto", help="auto | cpu | cuda | cuda:N"),
+    "device": Key(device_name, default="auto", help="auto | cpu | cuda | cuda:N"),
     "num_workers": Key("int", default=0, minimum=0, help="DataLoader worker processes"),
     "seed": Key("int", default=0),
     "fr_overrides": Key("list", default=[], help="--set style overrides applied to the FR config"),
@@ -29,9 +30,17 @@ def fr_from_stage_config(cfg: dict) -> FRModel:
     Keys of the FR config can be overridden from the stage with ``fr_overrides: [model.weights=...]``
     or on the command line with ``--set fr_overrides=[model.weights=PATH]``.
     """
-    device = resolve_device(cfg.get("device"))
+    source = cfg.get("_source", "stage config")
+    try:
+        device = resolve_device(cfg.get("device"))
+    except FroqError as exc:
+        raise FroqError(f"{source}: device: {exc}") from None
     torch.manual_seed(int(cfg.get("seed", 0)))
-    fr_cfg = load_fr_config(cfg["face_recognition_config"], cfg.get("fr_overrides") or [])
+    fr_path = Path(cfg["face_recognition_config"])
+    if not fr_path.is_file():
+        raise FroqError(f"{source}: face_recognition_config: FR config file not found: {fr_path} "
+                        "(see configs/fr/ for the shipped ones)")
+    fr_cfg = load_fr_config(fr_path, cfg.get("fr_overrides") or [])
     fr = load_fr_model(fr_cfg, device)
     log.info("FR model %s (%s) on %s", fr.arch, fr.weights or "random weights", device)
     return fr
@@ -53,3 +62,10 @@ def output_path(value: str, default_name: str) -> Path:
     if value.endswith(("/", "\\")) or p.is_dir():
         return p / default_name
     return p
+
+
+def no_readable_images(root, failures: FailureLog) -> str:
+    """The one-line message of a stage that could read none of the images of ``root``."""
+    example = f" (e.g. {failures.items[0][0]}: {failures.items[0][1]})" if failures.items else ""
+    return (f"{root}: none of the {len(failures.items)} image(s) could be read{example}; "
+            "nothing was written: check the folder holds image files")
