@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -72,7 +73,7 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict
     path = Path(path)
     if not path.is_file():
         raise FroqError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate a BOM (Excel)
         reader = csv.DictReader(fh)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
@@ -184,19 +185,26 @@ class RowLog:
                 csv.writer(fh).writerow(self.header)
 
     def _load(self) -> None:
-        with open(self.path, newline="", encoding="utf-8") as fh:
-            first = fh.readline().rstrip("\n")
+        try:
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                text = fh.read()
+            first, _, body = text.partition("\n")
             if first != self.stamp:
                 log.warning("%s was written with other settings; starting over", self.path)
-                fh.close()
                 self.path.unlink()
                 return
-            rows = list(csv.reader(fh))
+            if not body.endswith("\n"):  # the last line was torn by an interruption: recompute it
+                body = body[:body.rfind("\n") + 1]
+            rows = list(csv.reader(io.StringIO(body, newline="")))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            log.warning("%s is unreadable (%s); starting over", self.path, exc)
+            self.path.unlink()
+            return
         if not rows or rows[0] != self.header:
             self.path.unlink()
             return
         for row in rows[1:]:
-            if len(row) == len(self.header):  # a torn last line is dropped and recomputed
+            if len(row) == len(self.header):  # a malformed line is dropped and recomputed
                 self.done[row[0]] = row
         if self.done:
             log.info("resuming: %d rows already done in %s", len(self.done), self.path)
