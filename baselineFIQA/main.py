@@ -14,9 +14,11 @@ import time
 from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
 from froq.cli import run_main, setup_logging, stage_parser
 from froq.config import Key, float_list, load_config, positive_int, public, int_or_auto
+from froq.errors import FroqError
 from froq.images import FailureLog
 from froq.io import discard_partial, write_csv, write_json
-from froq.stage import COMMON_KEYS, check_image_size, fr_from_stage_config, output_path
+from froq.stage import (COMMON_KEYS, check_image_size, fr_from_stage_config, no_readable_images,
+                        output_path)
 
 log = logging.getLogger("baselineFIQA")
 
@@ -43,6 +45,9 @@ def main(argv=None) -> None:
     fr = fr_from_stage_config(cfg)
     ds = cfg["dataset"]
     check_image_size(ds.get("image_size"), fr, cfg["_source"])
+    if ds["mpx"] > min(fr.preprocess.size):
+        raise FroqError(f"{cfg['_source']}: dataset.mpx: the occlusion cell ({ds['mpx']} px) is larger "
+                        f"than the model input {list(fr.preprocess.size)}: use e.g. 14 for 112 px")
     out = output_path(cfg["outpath"], "labels.csv")
     failures = FailureLog("pseudo-labels")
     start = time.perf_counter()
@@ -50,6 +55,8 @@ def main(argv=None) -> None:
                                  mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
                                  noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
                                  resume_path=out, failures=failures)
+    if not rows:
+        raise FroqError(no_readable_images(ds["path"], failures))
     write_csv(out, COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
     write_json(out.with_suffix(".meta.json"), {
         "stage": "pseudo_labels", "model": fr.identity(), "config": public(cfg),
