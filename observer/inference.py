@@ -27,7 +27,7 @@ from froq.device import autocast_context
 from froq.errors import FroqError
 from froq.images import FailureLog, list_images
 from froq.io import RowLog, discard_partial, read_json, write_csv, write_json, write_npy
-from froq.stage import COMMON_KEYS, fr_from_stage_config, output_path
+from froq.stage import COMMON_KEYS, fr_from_stage_config, no_readable_images, output_path
 from observer.hooks import NormRecorder
 
 log = logging.getLogger("observer.inference")
@@ -143,6 +143,12 @@ def main(argv=None) -> None:
     obs = read_observer(cfg["observer_data"])
     fr = fr_from_stage_config(cfg)
     check_same_model(obs, fr, cfg["observer_data"])
+    modules = dict(fr.network.named_modules())
+    unknown = [n for n in obs["selected_layers"] if not n or n not in modules]
+    if unknown:
+        raise FroqError(f"{cfg['observer_data']}: selected layer(s) {', '.join(unknown[:3])} do not exist "
+                        f"in {fr.arch}: the observer file belongs to another FR model; re-run "
+                        "observer/initialization.py with this FR config")
     out = output_path(cfg["outpath"], "qualities.csv")
     failures = FailureLog("inference")
     start = time.perf_counter()
@@ -150,6 +156,8 @@ def main(argv=None) -> None:
         fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
         early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
         num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
+    if not paths:
+        raise FroqError(no_readable_images(cfg["target_dataset"], failures))
     write_csv(out, ["path", "quality"], zip(paths, qualities.tolist()))
     if embeddings is not None:
         stem = out.with_suffix("")
