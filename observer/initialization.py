@@ -145,8 +145,15 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path, b
     In: FR model, calibration folder, pseudo-label CSV (``path`` + ``label_column``), settings.
     Out: the dict of ``select_layers`` with ``images`` (images used) added.
     """
+    if not Path(label_file).is_file():
+        raise FroqError(f"label file not found: {label_file} — compute the pseudo-labels first "
+                        "(python baselineFIQA/main.py) or fix label_location")
     labels = read_quality_csv(label_file, column=label_column)
     paths = match_labels(root, labels, str(label_file))
+    bad = [p for p in paths if not np.isfinite(labels[p])]
+    if bad:
+        raise FroqError(f"{label_file}: {len(bad)} label(s) in column '{label_column}' are not finite "
+                        f"numbers (e.g. {bad[0]}): recompute the pseudo-labels")
     failures = failures if failures is not None else FailureLog("observer init")
     layers, read, norms = collect_norms(fr, root, paths, batch_size, num_workers, autocast,
                                         resume_path, failures)
