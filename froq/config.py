@@ -73,6 +73,8 @@ def read_yaml(path: str | Path) -> dict:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise FroqError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise FroqError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -73,13 +73,16 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict
     path = Path(path)
     if not path.is_file():
         raise FroqError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate a BOM (Excel)
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise FroqError(f"{path}: missing column(s) {', '.join(missing)} "
-                            f"(found {', '.join(reader.fieldnames or []) or 'no header'})")
-        return list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate a BOM (Excel)
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise FroqError(f"{path}: missing column(s) {', '.join(missing)} "
+                                f"(found {', '.join(reader.fieldnames or []) or 'no header'})")
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FroqError(f"{path}: not a readable CSV text file ({str(exc).splitlines()[0][:120]})") from None
 
 
 def read_quality_csv(path: str | os.PathLike, column: str = "quality") -> dict[str, float]:
@@ -132,8 +135,8 @@ def read_json(path: str | os.PathLike):
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise FroqError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FroqError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
