@@ -42,8 +42,22 @@ def fr_from_stage_config(cfg: dict) -> FRModel:
                         "(see configs/fr/ for the shipped ones)")
     fr_cfg = load_fr_config(fr_path, cfg.get("fr_overrides") or [])
     fr = load_fr_model(fr_cfg, device)
+    check_input_size(fr)
     log.info("FR model %s (%s) on %s", fr.arch, fr.weights or "random weights", device)
     return fr
+
+
+def check_input_size(fr: FRModel) -> None:
+    """One forward of a black image at the FR config's ``preprocess.size``; FroqError naming the FR
+    config when the network cannot take that size (instead of a shape error mid-run)."""
+    h, w = fr.preprocess.size
+    try:
+        with torch.no_grad():
+            fr.network(torch.zeros(1, 3, h, w, device=fr.device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise FroqError(f"{fr.config_path}: {fr.arch} cannot take inputs of preprocess.size "
+                        f"{[h, w]} ({first}): set preprocess.size to the model's input size") from None
 
 
 def check_image_size(cfg_size, fr: FRModel, source: str, key: str = "dataset.image_size") -> None:
