@@ -14,9 +14,9 @@
 #   --calibration DIR     aligned calibration faces (used as they are; no building)
 #   --target DIR          aligned faces to score (default: the photos' target split, else the
 #                         calibration faces themselves)
-#   --fr CFG              FR config (default: configs/fr/adaface_ir101.yaml if its weights exist,
+#   --fr CFG              FR config, a file or a path relative to the repository (default: configs/fr/adaface_ir101.yaml if its weights exist,
 #                         otherwise configs/fr/dlib_resnet.yaml, which needs no download)
-#   --out DIR             output folder (default: outputs)
+#   --out DIR             output folder (default: outputs/ of the repository)
 #   --device DEV          auto | cpu | cuda | cuda:N (default: auto)
 #   --max-calibration N   at most N calibration source images, evenly spaced over the sorted list
 #                         (default 300 when the set is built from --photos; all of a given
@@ -36,14 +36,14 @@
 # stage stops the run with its message. Environment: PYTHON (default: python).
 set -euo pipefail
 
-cd "$(dirname "$0")"
+REPO=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 2; }
 
 PHOTOS="" CALIB="" TARGET="" FR="" OUT="outputs" DEVICE="auto" MAXCAL="" VARIANTS=1 KEEP_CLEAN=""
-SEED=0 IDS="" EVERY=4 SELECT="largest" FALLBACK="none"
+SEED=0 IDS="" EVERY=4 SELECT="largest" FALLBACK="none" OUT_SET=""
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "option $1 needs a value (see ./run.sh -h)"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
     --calibration) need "$@"; CALIB=$2; shift 2 ;;
     --target) need "$@"; TARGET=$2; shift 2 ;;
     --fr) need "$@"; FR=$2; shift 2 ;;
-    --out) need "$@"; OUT=$2; shift 2 ;;
+    --out) need "$@"; OUT=$2; OUT_SET=1; shift 2 ;;
     --device) need "$@"; DEVICE=$2; shift 2 ;;
     --max-calibration) need "$@"; MAXCAL=$2; shift 2 ;;
     --variants) need "$@"; VARIANTS=$2; shift 2 ;;
@@ -77,6 +77,12 @@ done
 if [ -n "$PHOTOS" ] && [ -n "$CALIB" ] && [ -n "$TARGET" ]; then
   die "--photos is unused when both --calibration and --target are given: drop one of them"
 fi
+# user paths are taken relative to the current folder; the run itself happens in the repo root
+abs() { if [ -z "$1" ] || [[ "$1" = /* ]]; then printf '%s' "$1"; else printf '%s' "$PWD/$1"; fi; }
+PHOTOS=$(abs "$PHOTOS") CALIB=$(abs "$CALIB") TARGET=$(abs "$TARGET") IDS=$(abs "$IDS")
+[ -z "$FR" ] || [ ! -f "$FR" ] || FR=$(abs "$FR")
+[ "$OUT" = outputs ] && [ "$OUT_SET" = "" ] || OUT=$(abs "$OUT")
+cd "$REPO"
 command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found: activate the project's venv or set PYTHON=/path/to/python"
 
 # YAML single-quoted scalar, so any path survives --set key=value parsing
@@ -95,19 +101,6 @@ step() {
 }
 
 # Python helpers (the repo's own readers, so error messages are the stages' ones)
-py_images() {  # DIR -> number of images, or 'error: ...' and exit 2
-  "$PYTHON" - "$1" <<'PY'
-import sys
-from froq.errors import FroqError
-from froq.images import list_images
-try:
-    print(len(list_images(sys.argv[1])))
-except FroqError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
-PY
-}
-
 py_has_images() {  # DIR -> exit 0 when it holds at least one image
   "$PYTHON" - "$1" <<'PY' 2>/dev/null
 import sys
@@ -186,14 +179,15 @@ if [ -n "$PHOTOS" ]; then
   [ -z "$TARGET" ] || MODE=all-calibration
   SPLIT="$OUT/split"
   step "split aligned photos into calibration / target ($SPLIT)" \
-    "$PYTHON" - "$ALIGNED" "$SPLIT" "$MODE" "$EVERY" "$IDS" <<'PY'
-"""Symlink the aligned photos into SPLIT/calibration and SPLIT/target (deterministic)."""
+    "$PYTHON" - "$ALIGNED" "$SPLIT" "$MODE" "$EVERY" "$IDS" "${MAXCAL:-300}" <<'PY'
+"""Symlink the aligned photos into SPLIT/calibration (at most MAX, evenly spaced) and SPLIT/target."""
 import os, shutil, sys
 from pathlib import Path, PurePosixPath
 from froq.errors import FroqError
 from froq.images import list_images
 
 aligned, split, mode, every, ids = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+cap = int(sys.argv[6])
 try:
     rels = list_images(aligned)
 except FroqError as exc:
@@ -218,11 +212,15 @@ elif len([n for n in names if n]) >= 2:
 else:
     calib = {r for i, r in enumerate(rels) if i % every == 0}
     rule = f"1 in {every} images (sorted) to calibration"
+pool = [r for r in rels if r in calib]
+kept = set(pool) if len(pool) <= cap else {pool[(i * len(pool)) // cap] for i in range(cap)}
 for part in ("calibration", "target"):
     if (split / part).exists():
         shutil.rmtree(split / part)
 n = {"calibration": 0, "target": 0}
 for r in rels:
+    if r in calib and r not in kept:
+        continue  # over the --max-calibration cap: neither calibrated on nor scored
     part = "calibration" if r in calib else "target"
     dst = split / part / r
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +230,8 @@ if mode == "split" and (n["calibration"] < 3 or n["target"] == 0):
     print(f"error: splitting {aligned} ({rule}) gives {n['calibration']} calibration and "
           f"{n['target']} target images: pass more photos, --calibration-ids or --every", file=sys.stderr)
     sys.exit(2)
-print(f"split ({rule}): {n['calibration']} calibration sources, {n['target']} targets")
+capped = f" ({cap} of {len(pool)}, evenly spaced: --max-calibration)" if len(pool) > cap else ""
+print(f"split ({rule}): {n['calibration']} calibration sources{capped}, {n['target']} targets")
 PY
   if [ -z "$CALIB" ]; then CAL_SOURCE="$SPLIT/calibration"; fi
   if [ -z "$TARGET" ]; then TARGET="$SPLIT/target"; fi
@@ -261,8 +260,6 @@ PY
 }
 
 if [ -n "$CAL_SOURCE" ]; then
-  N=$(py_images "$CAL_SOURCE") || exit 2
-  CAL_SOURCE=$(subsample "$CAL_SOURCE" "${MAXCAL:-300}" "$OUT/calibration_sources") || exit 2
   CALIB="$OUT/calibration"
   step "build calibration set ($VARIANTS degraded variant(s) per source) -> $CALIB" \
     "$PYTHON" calibration_dataset/build.py --source "$CAL_SOURCE" --output "$CALIB" \
@@ -274,9 +271,17 @@ if [ -z "$TARGET" ]; then
   TARGET="$CALIB"
   echo "no --target: scoring the calibration images themselves"
 fi
-N_CAL=$(py_images "$CALIB") || exit 2
-N_TGT=$(py_images "$TARGET") || exit 2
-echo "calibration: $N_CAL images in $CALIB; target: $N_TGT images in $TARGET"
+"$PYTHON" - "$CALIB" "$TARGET" <<'PY' || exit 2
+import sys
+from froq.errors import FroqError
+from froq.images import list_images
+try:
+    n = [len(list_images(d)) for d in sys.argv[1:]]
+except FroqError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+print(f"calibration: {n[0]} images in {sys.argv[1]}; target: {n[1]} images in {sys.argv[2]}")
+PY
 
 # ---- the three stages -----------------------------------------------------------------------------
 COMMON=(--set "face_recognition_config=$(q "$FR")" --set "device=$(q "$DEVICE")" --set "seed=$SEED")
