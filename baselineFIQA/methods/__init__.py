@@ -37,6 +37,7 @@ _METHODS: dict[str, str] = {
     "embedding_norm": "baselineFIQA.methods.embedding_norm",
     "crfiqa": "baselineFIQA.methods.crfiqa",
     "aux_fiqa": "baselineFIQA.methods.aux_fiqa",
+    "froq": "baselineFIQA.methods.froq",
 }
 
 
