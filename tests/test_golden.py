@@ -25,7 +25,10 @@ from scipy.stats import spearmanr
 from conftest import shared_path
 from face_recognition_model.generated import generated_state_dict, read_manifest, write_generated_checkpoint
 
-LABEL_TOL = 1e-3        # task bound for |Δ| of pseudo-labels (a manual run matched to 2.4e-7)
+LABEL_TOL = 1e-3        # bound for |Δ| of the pseudo-labels (measured here: <= 1.8e-7)
+DETERMINISTIC_TOL = 1e-5  # flip and occlusion involve no randomness (measured: <= 1.8e-7; filling
+                          # occlusions with 0 instead of black moves occlusion by 8e-3, a vertical
+                          # flip moves flip by 0.19)
 UTILITY_TOL = 1e-6      # one rank swap among 48 images moves ρ by ≥ 1e-4: this means "same ranks"
 
 
@@ -128,6 +131,7 @@ def test_pseudo_labels_match_golden(fr_config, tmp_path):
         diffs = [abs(float(ours[p][column]) - float(ref[p][column])) for p in subset]
         worst[column] = max(diffs)
     assert all(d <= LABEL_TOL for d in worst.values()), worst
+    assert worst["flip"] <= DETERMINISTIC_TOL and worst["occlusion"] <= DETERMINISTIC_TOL, worst
     # the components are not degenerate (a constant would make the test meaningless)
     assert np.std([float(ref[p]["flip"]) for p in subset]) > 0.01
     for p in subset:  # label = mean of the three components
@@ -160,7 +164,12 @@ def golden_observer() -> dict:
 
 
 def canonical(golden_obs: dict):
-    """Layer name → the first member of its golden alias group (itself when it has none)."""
+    """Layer name → the first member of its golden alias group (itself when it has none).
+
+    Aliases have identical norms, hence equal utilities: the spec breaks such ties by the lower
+    layer index, the official code did not consistently (its candidates list ``output_layer``
+    before ``output_layer.4`` but ``body.7.res_layer.5`` before ``body.7.res_layer``), so names
+    are compared modulo alias groups."""
     rep = {}
     for group in golden_obs["aliases"]:
         for name in group:
