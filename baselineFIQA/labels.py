@@ -109,7 +109,10 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
     rowlog = None
     if resume_path is not None:
         rowlog = RowLog(resume_path, COLUMNS, {"stage": "pseudo_labels", "model": fr.identity(),
-                                               "settings": settings.__dict__, "root": str(root)})
+                                               "root": str(root),
+                                               # forward_batch is a speed knob: not part of the key
+                                               "settings": {k: v for k, v in settings.__dict__.items()
+                                                            if k != "forward_batch"}})
     failures = failures if failures is not None else FailureLog("pseudo-labels")
     done = dict(rowlog.done) if rowlog else {}
     for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,

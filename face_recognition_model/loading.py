@@ -65,7 +65,10 @@ class FRModel:
 def load_fr_config(path: str | Path, overrides: Sequence[str] | None = None) -> dict:
     """Read and validate an FR config; returns the dict (with ``_source``)."""
     cfg = load_config(path, FR_SCHEMA, overrides)
-    registry.get_builder(cfg["model"]["arch"])  # fail early on an unknown name
+    try:
+        registry.get_builder(cfg["model"]["arch"])  # fail early on an unknown name
+    except FroqError as exc:
+        raise FroqError(f"{path}: model.arch: {exc}") from None
     Preprocess.from_config(cfg["preprocess"], str(path))
     return cfg
 
@@ -76,8 +79,8 @@ def resolve_weights(cfg: dict) -> str | None:
     arch = cfg["model"]["arch"]
     weights = cfg["model"].get("weights")
     if isinstance(weights, str) and weights.lower() == "random":
-        log.warning("%s: model.weights is 'random': the network has generated weights "
-                    "(only meaningful for tests and benchmarks)", source)
+        log.warning("%s: model.weights is 'random': the network keeps its "
+                    "architecture's random initialisation (only meaningful for tests and benchmarks)", source)
         return None
     if weights in (None, "", "default"):
         packaged = registry.default_weights(arch)
@@ -95,7 +98,7 @@ def resolve_weights(cfg: dict) -> str | None:
     hint = f"download the official weights from {where} and put the file there" if where else \
         "put the weights file there or fix model.weights"
     raise FroqError(f"{source}: weights file not found: {weights} — {hint} "
-                    f"(or run with --set model.weights=PATH)")
+                    f"(or run the stage with --set fr_overrides=[model.weights=PATH])")
 
 
 def load_fr_model(config: str | Path | dict, device: torch.device | str = "cpu",

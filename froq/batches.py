@@ -38,7 +38,8 @@ def iterate_folder(root: str | Path, preprocess: Preprocess, batch_size: int, *,
     # cheaper than per image and gives the same numbers
     dataset = ImageFolder(root, preprocess, paths=todo, raw=True)
     loader = image_loader(dataset, batch_size, num_workers=num_workers, device=device)
-    with tqdm(total=len(todo), desc=desc, unit="img", dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=len(todo), desc=desc, unit="img", dynamic_ncols=True, leave=False,
+              disable=None) as bar:  # no bar when stderr is not a terminal (logs stay clean)
         for batch in loader:
             for index, reason in batch.failures:
                 if failures is not None:

@@ -39,6 +39,10 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except FroqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission denied, ... on an input or output file
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted (finished rows are kept; run again to resume)", file=sys.stderr)
         return 130
