@@ -3,9 +3,11 @@ calibration pool → pseudo-labels → observer → FROQ qualities, through the 
 itself on a tiny photo folder; and ``froq`` as a method of ``baselineFIQA/score.py``.
 
 Runtime: the pseudo-labels are the costly part (one forward pass per perturbed copy), so the test
-calibrates on 150 pool images (+ their clean copies, 300 in all; 30 held-out sources = 60 images)
-with a coarser occlusion grid (4×4 cells of 38 px) and 5 noise draws: 23 forward passes per image
-instead of 76. The README's results use the paper's constants.
+builds 240 pool images (clean ``_v0`` + one degraded ``_v1``: 480 images), holds out 1 in 4
+identities (~120 images) and labels with a coarser occlusion grid (4×4 cells of 38 px) and 5 noise
+draws: 23 forward passes per image instead of 76. The README's results use the paper's constants.
+Measured: with 180 sources and 1 in 6 held out the held-out Spearman was once 0.29 (one layer
+selected); with 240 sources it was 0.45–0.73 over nine identity splits (in-sample ~0.59).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from conftest import REPO, shared_path
 FR_CFG = "configs/fr/dlib_resnet.yaml"
 # cheaper auxiliary-FIQA constants for tests (see module docstring)
 TEST_LABEL_SETTINGS = ["dataset.image_size=150", "dataset.mpx=38", "dataset.noise_count=5"]
-N_SOURCES = 180          # pool images built into the calibration set (clean _v0 + one variant _v1)
-HELD_OUT_EVERY = 6       # 1 in 6 identities (sorted) is held out: ~30 sources, ~60 images
+N_SOURCES = 240          # pool images built into the calibration set (clean _v0 + one variant _v1)
+HELD_OUT_EVERY = 4       # 1 in 4 identities (sorted) is held out: ~60 sources, ~120 images
 
 
 def read_csv_column(path: Path, column: str = "quality") -> dict[str, float]:
@@ -128,7 +130,7 @@ def test_pipeline_on_lfw_calibration_pool(lfw_observer, lfw_dlib150, lfw_pairs, 
 
     # held-out calibration images (identities never seen by the observer): Spearman with their labels
     held = infer(lfw_observer["heldout"], lfw_observer["observer"], tmp_path / "heldout.csv")
-    assert len(held) >= 50
+    assert len(held) >= 100
     rho = stats.spearmanr([held[p] for p in held], [labels[p] for p in held]).statistic
     assert rho >= 0.3, f"held-out Spearman {rho:.3f} < 0.3"
 
@@ -137,7 +139,7 @@ def test_pipeline_on_lfw_calibration_pool(lfw_observer, lfw_dlib150, lfw_pairs, 
     q = {**calib, **held}
     clean = {p[: -len("_v0.jpg")]: v for p, v in q.items() if p.endswith("_v0.jpg")}
     degraded = {p[: -len("_v1.jpg")]: v for p, v in q.items() if p.endswith("_v1.jpg")}
-    assert set(clean) == set(degraded) and len(clean) >= 150
+    assert set(clean) == set(degraded) and len(clean) == N_SOURCES
     stems = sorted(clean)
     assert np.mean([degraded[s] for s in stems]) < np.mean([clean[s] for s in stems])
     # ... and so do their pseudo-labels (the builder really degrades)
