@@ -13,24 +13,21 @@ import os
 import pytest
 import yaml
 
-from conftest import REPO
 from test_run_e2e import FR_CFG, calibrate_lfw_observer, infer
 
 
 @pytest.fixture(scope="session")
 def lfw_observer_for_evaluation(lfw_calibration_pool_dlib150, tmp_path_factory) -> dict:
     """The observer of ``test_run_e2e.calibrate_lfw_observer`` (same folder: built once per session)."""
-    os.chdir(REPO)
     return calibrate_lfw_observer(tmp_path_factory.getbasetemp() / "froq_lfw_observer",
                                   lfw_calibration_pool_dlib150)
 
 
 def test_froq_beats_random_on_lfw_folds_1_to_3(lfw_observer_for_evaluation, lfw_dlib150, lfw_root,
-                                               lfw_pairs, tmp_path, monkeypatch):
+                                               lfw_pairs, tmp_path):
     from evaluation.main import main as evaluation_main
     from lfw_data import pair_images
 
-    monkeypatch.chdir(REPO)
     froq_csv = tmp_path / "froq.csv"
     qualities = infer(lfw_dlib150, lfw_observer_for_evaluation["observer"], froq_csv)
     assert set(pair_images(lfw_pairs)) <= set(qualities)

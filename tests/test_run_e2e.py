@@ -27,7 +27,8 @@ from scipy import stats
 
 from conftest import REPO, shared_path
 
-FR_CFG = "configs/fr/dlib_resnet.yaml"
+FR_CFG = str(REPO / "configs" / "fr" / "dlib_resnet.yaml")
+CONFIGS = REPO / "configs"
 # cheaper auxiliary-FIQA constants for tests (see module docstring)
 TEST_LABEL_SETTINGS = ["dataset.image_size=150", "dataset.mpx=38", "dataset.noise_count=5"]
 N_SOURCES = 240          # pool images built into the calibration set (clean _v0 + one variant _v1)
@@ -89,9 +90,9 @@ def calibrate_lfw_observer(base: Path, pool: Path) -> dict:
         link_files(out["built"], [r for r in built if PurePosixPath(r).parts[0] not in held], out["calib"])
         link_files(out["built"], [r for r in built if PurePosixPath(r).parts[0] in held], out["heldout"])
         sets = [f"face_recognition_config={FR_CFG}", "device=cpu"]
-        run_stage(labels_main, ["-c", "configs/baseline.yaml", *_sets(sets + TEST_LABEL_SETTINGS + [
+        run_stage(labels_main, ["-c", str(CONFIGS / "baseline.yaml"), *_sets(sets + TEST_LABEL_SETTINGS + [
             f"dataset.path={out['built']}", f"outpath={out['labels']}"])])
-        run_stage(init_main, ["-c", "configs/init.yaml", *_sets(sets + [
+        run_stage(init_main, ["-c", str(CONFIGS / "init.yaml"), *_sets(sets + [
             f"dataset.path={out['calib']}", f"label_location={out['labels']}",
             f"outpath={out['observer']}"])])
         (base / "done").write_text("ok\n")
@@ -106,7 +107,7 @@ def infer(target: Path, observer: Path, outpath: Path) -> dict[str, float]:
     """FROQ qualities of ``target`` through the inference CLI's main. Out: {path: quality}."""
     from observer.inference import main as inference_main
 
-    run_stage(inference_main, ["-c", "configs/inference.yaml", *_sets([
+    run_stage(inference_main, ["-c", str(CONFIGS / "inference.yaml"), *_sets([
         f"face_recognition_config={FR_CFG}", "device=cpu", f"target_dataset={target}",
         f"observer_data={observer}", f"outpath={outpath}"])])
     return read_csv_column(outpath)
@@ -115,7 +116,6 @@ def infer(target: Path, observer: Path, outpath: Path) -> dict[str, float]:
 @pytest.fixture(scope="session")
 def lfw_observer(lfw_calibration_pool_dlib150, tmp_path_factory) -> dict:
     """The calibrated observer of ``calibrate_lfw_observer`` (once per session)."""
-    os.chdir(REPO)
     return calibrate_lfw_observer(tmp_path_factory.getbasetemp() / "froq_lfw_observer",
                                   lfw_calibration_pool_dlib150)
 
@@ -167,7 +167,7 @@ def _random_faces(folder: Path, n: int, size: int = 150) -> list[str]:
     return sorted(rels)
 
 
-def test_froq_method_matches_inference(tmp_path, monkeypatch):
+def test_froq_method_matches_inference(tmp_path):
     import torch
 
     from baselineFIQA.score import main as score_main
@@ -175,7 +175,6 @@ def test_froq_method_matches_inference(tmp_path, monkeypatch):
     from froq.errors import FroqError
     from observer.inference import score_folder
 
-    monkeypatch.chdir(REPO)
     faces = tmp_path / "faces"
     rels = _random_faces(faces, 5)
     fr = load_fr_model(FR_CFG, torch.device("cpu"))
@@ -183,7 +182,7 @@ def test_froq_method_matches_inference(tmp_path, monkeypatch):
     observer = tmp_path / "observer.json"
     observer.write_text(json.dumps({"selected_layers": layers, "model": fr.identity()}))
     out = tmp_path / "froq.csv"
-    score_main(["-c", "configs/score.yaml", "--method", "froq", *_sets([
+    score_main(["-c", str(CONFIGS / "score.yaml"), "--method", "froq", *_sets([
         f"face_recognition_config={FR_CFG}", f"target_dataset={faces}", "device=cpu",
         f"outpath={out}", f"methods.froq.observer={observer}", "batch_size=2"])])
     got = read_csv_column(out)
@@ -192,13 +191,13 @@ def test_froq_method_matches_inference(tmp_path, monkeypatch):
     np.testing.assert_allclose([got[p] for p in paths], expected, rtol=1e-5)
 
     with pytest.raises(FroqError, match="methods.froq.observer"):
-        score_main(["-c", "configs/score.yaml", "--method", "froq", *_sets([
+        score_main(["-c", str(CONFIGS / "score.yaml"), "--method", "froq", *_sets([
             f"face_recognition_config={FR_CFG}", f"target_dataset={faces}", "device=cpu",
             f"outpath={tmp_path / 'x.csv'}"])])
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"selected_layers": layers, "model": {"arch": "adaface_ir_101"}}))
     with pytest.raises(FroqError, match="initialised on 'adaface_ir_101'"):
-        score_main(["-c", "configs/score.yaml", "--method", "froq", *_sets([
+        score_main(["-c", str(CONFIGS / "score.yaml"), "--method", "froq", *_sets([
             f"face_recognition_config={FR_CFG}", f"target_dataset={faces}", "device=cpu",
             f"outpath={tmp_path / 'y.csv'}", f"methods.froq.observer={other}"])])
 
