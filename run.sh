@@ -33,11 +33,11 @@
 #
 # Without arguments: the calibration set is calibration_dataset/ (if it holds images) and its own
 # images are scored. Every stage resumes from its .partial file when interrupted; the first failing
-# stage stops the run with its message. Environment: PYTHON (default: python).
+# stage stops the run with its message. Environment: PYTHON (default: ./.venv, set up by
+# install.sh on first use, or the active python when it already has FROQ's dependencies).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")" && pwd)
-PYTHON=${PYTHON:-python}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -83,6 +83,19 @@ PHOTOS=$(abs "$PHOTOS") CALIB=$(abs "$CALIB") TARGET=$(abs "$TARGET") IDS=$(abs 
 [ -z "$FR" ] || [ ! -f "$FR" ] || FR=$(abs "$FR")
 [ "$OUT" = outputs ] && [ "$OUT_SET" = "" ] || OUT=$(abs "$OUT")
 cd "$REPO"
+# the interpreter: $PYTHON if set; else the repo's .venv (set up by install.sh on first use) unless
+# the active python already has FROQ's dependencies
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$REPO/.venv/bin/python" ]; then
+    bash "$REPO/install.sh"  # no-op when up to date
+    PYTHON="$REPO/.venv/bin/python"
+  elif command -v python >/dev/null && python -c "import torch, scipy, yaml, dlib, froq" 2>/dev/null; then
+    PYTHON=python
+  else
+    bash "$REPO/install.sh"
+    PYTHON="$REPO/.venv/bin/python"
+  fi
+fi
 command -v "$PYTHON" >/dev/null || die "'$PYTHON' not found: activate the project's venv or set PYTHON=/path/to/python"
 
 # YAML single-quoted scalar, so any path survives --set key=value parsing
