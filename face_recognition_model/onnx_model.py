@@ -159,7 +159,7 @@ def _constant_ints(model, name: str):
     return None
 
 
-def _make_batch_dynamic(model, batch: int, source: str) -> int:
+def _make_batch_dynamic(model, batch: int) -> int:
     """Symbolic input batch; ``Reshape`` shapes ``[batch, ...]`` → ``[0, ...]``. Returns #patched."""
     from onnx import numpy_helper
 
@@ -250,7 +250,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= _PROBE_RTOL * (1 + b.abs().max()))
 
 
-def _probe_input(dims: Sequence, input_size, count: int, source: str) -> torch.Tensor | None:
+def _probe_input(dims: Sequence, input_size, count: int) -> torch.Tensor | None:
     """Random (count, C, H, W) input for the batch probe, or None if the size is unknown."""
     c = dims[1] if len(dims) == 4 and isinstance(dims[1], int) else 3
     if input_size is not None:
@@ -296,7 +296,7 @@ def build_onnx(weights: str | None = None, output: str | None = None,
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     if fixed is None:
         module = _convert(model, source)
-        probe = _probe_input(dims, input_size, 2, source) if check_batch else None
+        probe = _probe_input(dims, input_size, 2) if check_batch else None
         if probe is not None:
             both = _run(module, probe, source)
             single = torch.cat([_run(module, probe[i:i + 1], source) for i in range(2)])
@@ -313,13 +313,13 @@ def build_onnx(weights: str | None = None, output: str | None = None,
     import copy
 
     reference = _convert(copy.deepcopy(model), source)
-    patched = _make_batch_dynamic(model, fixed, source)
+    patched = _make_batch_dynamic(model, fixed)
     hint = (f"{source}: the graph has a fixed batch size of {fixed} baked into its operations and "
             "cannot run other batch sizes; re-export it with a dynamic batch axis (e.g. "
             "torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))")
     module = _convert(model, source)
     count = 2 if fixed == 1 else fixed
-    probe = _probe_input(dims, input_size, count, source)
+    probe = _probe_input(dims, input_size, count)
     if probe is None:
         raise FroqError(f"{source}: the graph has a fixed batch size of {fixed} and a dynamic image "
                         "size: set model.kwargs.input_size: [H, W] so it can be checked")
