@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -36,7 +38,8 @@ SCHEMA = {
     "target_dataset": Key("path", help="any folder of face images (content does not matter for speed)"),
     "batch_size": Key(positive_int, default=16),
     "images": Key(positive_int, default=32, help="number of images (first in file order)"),
-    "benchmark_methods": Key("list", default=["embedding_norm", "serfiq", "grafiqs", "crfiqa", "aux_fiqa"]),
+    "benchmark_methods": Key("list", default=["froq", "embedding_norm", "serfiq", "grafiqs", "crfiqa",
+                                              "aux_fiqa"]),
     "methods": Key("dict", default={}),
     "repeats": Key(positive_int, default=3, help="runs per method; the fastest is reported"),
     "outpath": Key("any", default=None, help="optional JSON file for the numbers"),
@@ -67,6 +70,31 @@ def time_method(fr, name, root, paths, batch_size, num_workers, options) -> floa
     return time.perf_counter() - start
 
 
+def quick_observer(fr, root, paths, batch_size, num_workers, out_dir) -> str:
+    """An observer for timing FROQ when none is configured: initialised on the benchmark images
+    with the flip component of the pseudo-labels as labels (cheap; selection quality does not
+    matter for speed, only how deep the selected layers are). Returns the JSON path."""
+    from baselineFIQA import perturbations
+    from baselineFIQA.labels import LabelSettings, PseudoLabeler
+    from observer.initialization import collect_norms, select_layers
+
+    labeler = PseudoLabeler(fr, LabelSettings())
+    flips = {}
+    with torch.no_grad():
+        for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,
+                                                  num_workers=num_workers, device=fr.device,
+                                                  desc="flip labels", failures=FailureLog("froq")):
+            ref = labeler._embed(images)
+            flips.update(zip(batch_paths, labeler._cos_to(ref, perturbations.flip(images), 1).tolist()))
+    layers, read, norms = collect_norms(fr, root, paths, batch_size, num_workers)
+    record = select_layers(layers, norms, [flips[p] for p in read])
+    path = Path(out_dir) / "observer.json"
+    write_json(path, {**record, "model": fr.identity()})
+    log.info("froq: no methods.froq.observer given; timed with a quick observer selecting %s",
+             ", ".join(record["selected_layers"]))
+    return str(path)
+
+
 def main(argv=None) -> None:
     """Run every configured method once on the same images and print the throughput table."""
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
@@ -84,8 +112,11 @@ def main(argv=None) -> None:
     time_forward(fr, root, paths, bs, nw)  # warm-up (and the files into the OS cache)
     runs: dict[str, Callable[[], float]] = {"forward (plain)": lambda: time_forward(fr, root, paths, bs, nw)}
     notes: dict[str, str] = {}
+    tmp = tempfile.TemporaryDirectory(prefix="froq-bench-")
     for name in cfg["benchmark_methods"]:
         options = method_options(cfg, name)
+        if name == "froq" and not options.get("observer"):
+            options["observer"] = quick_observer(fr, root, paths, bs, nw, tmp.name)
         try:
             get_method(name).check(fr, options)
         except FroqError as exc:
