@@ -17,6 +17,7 @@ from froq.config import (Key, float_list, int_or_auto, load_config, parse_overri
 from froq.errors import FroqError
 from observer import inference as inference_cli
 from observer import initialization as init_cli
+from stage_helpers import error_line
 
 STAGES = {"baseline": baseline_cli.main, "init": init_cli.main, "inference": inference_cli.main}
 
@@ -54,15 +55,6 @@ def _run(stage, argv, capsys):
     return rc, captured.out, captured.err
 
 
-def _one_error_line(rc, err, *needles):
-    """Exit code 2, no traceback, exactly one ``error:`` line that contains every needle."""
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def _without(path, key):
@@ -77,7 +69,7 @@ def test_missing_required_key(stage, stage_configs, capsys):
     cfg = stage_configs[stage]
     _without(cfg, "outpath")
     rc, _, err = _run(stage, ["-c", cfg], capsys)
-    _one_error_line(rc, err, cfg, "missing required key 'outpath'")
+    error_line(rc, err, cfg, "missing required key 'outpath'")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -89,7 +81,7 @@ def test_missing_required_nested_key(stage, stage_configs, capsys):
     else:
         cfg.write_text(cfg.read_text().replace("dataset: {path:", "dataset: {other:"))
     rc, _, err = _run(stage, ["-c", cfg], capsys)
-    _one_error_line(rc, err, cfg, f"missing required key '{key}'")
+    error_line(rc, err, cfg, f"missing required key '{key}'")
 
 
 @pytest.mark.parametrize("stage, key", [("baseline", "dataset.batch_size"), ("init", "dataset.batch_size"),
@@ -98,7 +90,7 @@ def test_missing_required_nested_key(stage, stage_configs, capsys):
 def test_wrong_type_from_set(stage, key, stage_configs, capsys):
     cfg = stage_configs[stage]
     rc, _, err = _run(stage, ["-c", cfg, "--set", f"{key}=many"], capsys)
-    _one_error_line(rc, err, cfg, f"{key}: must be an integer", "'many'")
+    error_line(rc, err, cfg, f"{key}: must be an integer", "'many'")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -106,21 +98,21 @@ def test_wrong_type_in_file(stage, stage_configs, capsys):
     cfg = stage_configs[stage]
     cfg.write_text(cfg.read_text() + "seed: [1, 2]\n")
     rc, _, err = _run(stage, ["-c", cfg], capsys)
-    _one_error_line(rc, err, cfg, "seed: must be an integer")
+    error_line(rc, err, cfg, "seed: must be an integer")
 
 
 def test_wrong_types_of_stage_specific_keys(stage_configs, capsys):
     cfg = stage_configs["baseline"]
     rc, _, err = _run("baseline", ["-c", cfg, "--set", "dataset.alphas=[a, b]"], capsys)
-    _one_error_line(rc, err, cfg, "dataset.alphas: must be a non-empty list of numbers")
+    error_line(rc, err, cfg, "dataset.alphas: must be a non-empty list of numbers")
     rc, _, err = _run("baseline", ["-c", cfg, "--set", "forward_batch=0"], capsys)
-    _one_error_line(rc, err, cfg, "forward_batch: must be an integer >= 1")
+    error_line(rc, err, cfg, "forward_batch: must be an integer >= 1")
     cfg = stage_configs["inference"]
     rc, _, err = _run("inference", ["-c", cfg, "--set", "early_exit=maybe"], capsys)
-    _one_error_line(rc, err, cfg, "early_exit: must be true or false")
+    error_line(rc, err, cfg, "early_exit: must be true or false")
     cfg = stage_configs["init"]
     rc, _, err = _run("init", ["-c", cfg, "--set", "num_workers=-1"], capsys)
-    _one_error_line(rc, err, cfg, "num_workers: must be >= 0")
+    error_line(rc, err, cfg, "num_workers: must be >= 0")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -128,14 +120,14 @@ def test_wrong_types_of_stage_specific_keys(stage_configs, capsys):
                                            ("=3", "--set '=3': empty key")])
 def test_bad_set_syntax(stage, item, message, stage_configs, capsys):
     rc, _, err = _run(stage, ["-c", stage_configs[stage], "--set", item], capsys)
-    _one_error_line(rc, err, message)
+    error_line(rc, err, message)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_unknown_device(stage, stage_configs, capsys):
     cfg = stage_configs[stage]
     rc, _, err = _run(stage, ["-c", cfg, "--set", "device=gpu"], capsys)
-    _one_error_line(rc, err, cfg, "device: must be auto, cpu, cuda or cuda:N", "'gpu'")
+    error_line(rc, err, cfg, "device: must be auto, cpu, cuda or cuda:N", "'gpu'")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -146,7 +138,7 @@ def test_cuda_requested_without_cuda(stage, stage_configs, capsys):
         (cfg.parent / "out").mkdir(exist_ok=True)
         (cfg.parent / "out" / "observer.json").write_text('{"selected_layers": ["body.0"]}')
     rc, _, err = _run(stage, ["-c", cfg, "--set", "device=cuda:1"], capsys)
-    _one_error_line(rc, err, cfg, "device:", "CUDA is not available", "device: cpu")
+    error_line(rc, err, cfg, "device:", "CUDA is not available", "device: cpu")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -154,13 +146,13 @@ def test_yaml_syntax_error(stage, tmp_path, capsys):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("device: cpu\ndataset: {path: x, batch_size: 2\noutpath: y\n")
     rc, _, err = _run(stage, ["-c", cfg], capsys)
-    _one_error_line(rc, err, cfg, "not valid YAML", "(line ")
+    error_line(rc, err, cfg, "not valid YAML", "(line ")
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_missing_config_file(stage, tmp_path, capsys):
     rc, _, err = _run(stage, ["-c", tmp_path / "nope.yaml"], capsys)
-    _one_error_line(rc, err, f"config file not found: {tmp_path / 'nope.yaml'}")
+    error_line(rc, err, f"config file not found: {tmp_path / 'nope.yaml'}")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -172,7 +164,7 @@ def test_config_file_not_a_mapping_or_not_text(content, message, tmp_path, capsy
     cfg = tmp_path / "odd.yaml"
     cfg.write_bytes(content if isinstance(content, bytes) else content.encode())
     rc, _, err = _run("baseline", ["-c", cfg], capsys)
-    _one_error_line(rc, err, cfg, message)
+    error_line(rc, err, cfg, message)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -182,7 +174,7 @@ def test_missing_fr_config_names_the_stage_key(stage, stage_configs, tmp_path, c
         (tmp_path / "out").mkdir(exist_ok=True)
         (tmp_path / "out" / "observer.json").write_text('{"selected_layers": ["body.0"]}')
     rc, _, err = _run(stage, ["-c", cfg, "--set", f"face_recognition_config={tmp_path}/fr/none.yaml"], capsys)
-    _one_error_line(rc, err, cfg, "face_recognition_config", f"{tmp_path}/fr/none.yaml")
+    error_line(rc, err, cfg, "face_recognition_config", f"{tmp_path}/fr/none.yaml")
 
 
 def test_bad_fr_config_names_the_fr_file(stage_configs, tmp_path, capsys):
@@ -190,26 +182,26 @@ def test_bad_fr_config_names_the_fr_file(stage_configs, tmp_path, capsys):
     fr.write_text("model: {arch: adaface_ir_18, weights: random}\npreprocess: {channels: [0, 0, 1]}\n")
     rc, _, err = _run("baseline", ["-c", stage_configs["baseline"], "--set", f"face_recognition_config={fr}"],
                       capsys)
-    _one_error_line(rc, err, fr, "preprocess.channels")
+    error_line(rc, err, fr, "preprocess.channels")
     fr.write_text("model: {weights: random}\n")
     rc, _, err = _run("baseline", ["-c", stage_configs["baseline"], "--set", f"face_recognition_config={fr}"],
                       capsys)
-    _one_error_line(rc, err, fr, "missing required key 'model.arch'")
+    error_line(rc, err, fr, "missing required key 'model.arch'")
 
 
 def test_fr_overrides_reach_the_fr_config(stage_configs, tmp_path, capsys):
     rc, _, err = _run("baseline", ["-c", stage_configs["baseline"],
                                    "--set", "fr_overrides=[preprocess.size=64]"], capsys)
     # AdaFace's output layer needs 112 px: refused up front, naming the FR config and the key
-    _one_error_line(rc, err, "fr.yaml: adaface_ir_18 cannot take inputs of preprocess.size [64, 64]")
+    error_line(rc, err, "fr.yaml: adaface_ir_18 cannot take inputs of preprocess.size [64, 64]")
 
 
 def test_image_size_and_mpx_checked_against_the_model(stage_configs, capsys):
     cfg = stage_configs["baseline"]
     rc, _, err = _run("baseline", ["-c", cfg, "--set", "dataset.image_size=96"], capsys)
-    _one_error_line(rc, err, cfg, "dataset.image_size is 96", "[112, 112]")
+    error_line(rc, err, cfg, "dataset.image_size is 96", "[112, 112]")
     rc, _, err = _run("baseline", ["-c", cfg, "--set", "dataset.mpx=113"], capsys)
-    _one_error_line(rc, err, cfg, "dataset.mpx", "113", "[112, 112]")
+    error_line(rc, err, cfg, "dataset.mpx", "113", "[112, 112]")
     assert not (cfg.parent / "out" / "labels.csv").exists()
 
 
@@ -217,7 +209,7 @@ def test_unknown_key_is_a_warning_with_a_hint(stage_configs, capsys):
     cfg = stage_configs["baseline"]
     rc, _, err = _run("baseline", ["-c", cfg, "--set", "dataset.batchsize=5",
                                    "--set", f"dataset.path={cfg.parent}/nowhere"], capsys)
-    _one_error_line(rc, err, f"image folder not found: {cfg.parent}/nowhere")
+    error_line(rc, err, f"image folder not found: {cfg.parent}/nowhere")
     assert f"{cfg}: unknown key 'dataset.batchsize' ignored (did you mean 'dataset.batch_size'?)" in err
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ from scipy.stats import spearmanr
 
 from conftest import shared_path
 from face_recognition_model.generated import generated_state_dict, read_manifest, write_generated_checkpoint
+from stage_helpers import run_in_process
 
 LABEL_TOL = 1e-3        # bound for |Δ| of the pseudo-labels (measured here: <= 1.8e-7)
 DETERMINISTIC_TOL = 1e-5  # flip and occlusion involve no randomness (measured: <= 1.8e-7; filling
@@ -41,16 +41,6 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["path"]: row for row in csv.DictReader(fh)}
 
 
-def run_cli(main, argv: list[str]) -> None:
-    """Run a stage's ``main(argv)`` in-process; undo its logging set-up afterwards (it replaces
-    the root handlers, which would otherwise keep pointing at this test's captured stderr)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        main(argv)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def write_yaml(path: Path, obj: dict) -> Path:
@@ -120,7 +110,7 @@ def test_pseudo_labels_match_golden(fr_config, tmp_path):
                     "alphas": [0.001], "noise_count": 10},
         "outpath": str(tmp_path / "unused.csv"), "device": "cpu", "num_workers": 0, "seed": 0})
     out = tmp_path / "out" / "labels.csv"
-    run_cli(labels_main, ["-c", str(cfg), "--set", f"dataset.path={folder}", "--set", f"outpath={out}"])
+    run_in_process(labels_main, ["-c", str(cfg), "--set", f"dataset.path={folder}", "--set", f"outpath={out}"])
 
     ours = read_rows(out)
     ref = read_rows(golden("labels.csv"))
@@ -154,7 +144,7 @@ def observer_run(fr_config, tmp_path_factory) -> tuple[dict, Path]:
         "label_location": str(golden("labels.csv")), "label_column": "quality", "top_n": 10,
         "outpath": str(work / "unused.json"), "device": "cpu", "num_workers": 0, "seed": 0})
     out = work / "observer.json"
-    run_cli(init_main, ["-c", str(cfg), "--set", f"outpath={out}"])
+    run_in_process(init_main, ["-c", str(cfg), "--set", f"outpath={out}"])
     return json.loads(out.read_text(encoding="utf-8")), out
 
 
@@ -213,7 +203,7 @@ def test_inference_matches_golden_qualities(observer_run, fr_config, tmp_path):
         "save_embeddings": False, "outpath": str(tmp_path / "unused.csv"), "device": "cpu",
         "num_workers": 0, "seed": 0})
     out = tmp_path / "qualities.csv"
-    run_cli(inference_main, ["-c", str(cfg), "--set", f"outpath={out}"])
+    run_in_process(inference_main, ["-c", str(cfg), "--set", f"outpath={out}"])
     ours = read_rows(out)
     ref = read_rows(golden("qualities.csv"))
     assert sorted(ours) == sorted(ref) and len(ref) == 48

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from observer.inference import score_folder
 from observer.initialization import collect_norms, initialize_observer, select_layers
 from observer.selection import (alias_groups, greedy_selection, layer_utilities, spearman,
                                 top_candidates)
+from stage_helpers import run_in_process
 
 SIZE = 16
 N_IMAGES = 23
@@ -354,14 +354,6 @@ def test_embeddings_are_the_direct_output_in_row_order(data):
 # ---------------------------------------------------------------------------------------------
 # the stage CLIs on the tiny registered model: observer file, qualities, embeddings files
 # ---------------------------------------------------------------------------------------------
-def run_cli(main, argv):
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        main(argv)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def test_stage_clis_write_observer_qualities_and_embeddings(data, brute, tmp_path):
@@ -376,7 +368,7 @@ def test_stage_clis_write_observer_qualities_and_embeddings(data, brute, tmp_pat
     init_cfg.write_text(yaml.safe_dump({**common, "dataset": {"path": str(root), "batch_size": BATCH},
                                         "label_location": str(label_file), "top_n": 4,
                                         "outpath": str(tmp_path / "observer.json")}))
-    run_cli(init_main, ["-c", str(init_cfg)])
+    run_in_process(init_main, ["-c", str(init_cfg)])
     obs = json.loads((tmp_path / "observer.json").read_text())
     _, _, _, _, selected = brute_force_greedy(brute, labels["quality"], 4)
     assert obs["selected_layers"] == [LAYERS[j] for j in selected]
@@ -387,8 +379,8 @@ def test_stage_clis_write_observer_qualities_and_embeddings(data, brute, tmp_pat
     inf_cfg.write_text(yaml.safe_dump({**common, "target_dataset": str(root), "batch_size": BATCH,
                                        "observer_data": str(tmp_path / "observer.json"),
                                        "outpath": str(tmp_path / "q.csv")}))
-    run_cli(inference_main, ["-c", str(inf_cfg)])
-    run_cli(inference_main, ["-c", str(inf_cfg), "--set", "save_embeddings=true",
+    run_in_process(inference_main, ["-c", str(inf_cfg)])
+    run_in_process(inference_main, ["-c", str(inf_cfg), "--set", "save_embeddings=true",
                              "--set", f"outpath={tmp_path / 'qe.csv'}"])
     with open(tmp_path / "q.csv") as fh:
         plain = list(csv.DictReader(fh))

@@ -38,6 +38,7 @@ from froq.io import RowLog
 from observer import inference as inference_cli
 from observer import initialization as init_cli
 from observer.hooks import NormRecorder
+from stage_helpers import error_line
 
 STAGES = {"baseline": baseline_cli.main, "init": init_cli.main, "inference": inference_cli.main}
 FR_YAML = ("model: {arch: adaface_ir_18, weights: random}\n"
@@ -122,15 +123,6 @@ def cli(stage: str, cfg: Path, *sets: str, extra=()) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def error_line(rc: int, err: str, *needles) -> str:
-    """Exit code 2, no traceback, exactly one ``error:`` line containing every needle."""
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -1,0 +1,28 @@
+"""Helpers shared by the tests that drive the stage CLIs in-process."""
+
+from __future__ import annotations
+
+import logging
+
+
+def error_line(rc: int, err: str, *needles) -> str:
+    """Exit code 2, no traceback, exactly one ``error:`` line containing every needle; returns it."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def run_in_process(main, argv) -> None:
+    """Run a stage's ``main(argv)`` in-process; undo its logging set-up afterwards (it replaces
+    the root handlers, which would otherwise keep pointing at this test's captured stderr)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        main(argv)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
