@@ -49,6 +49,7 @@ class FRModel:
     device: torch.device
     config_path: str = ""
     config: dict = field(default_factory=dict)
+    embedding_dim: int | None = None  # known after one forward (set by the stage check)
 
     def identity(self) -> dict:
         """JSON-able provenance: architecture, weights path and sha256, preprocessing, config file."""

@@ -53,11 +53,12 @@ def check_input_size(fr: FRModel) -> None:
     h, w = fr.preprocess.size
     try:
         with torch.no_grad():
-            fr.network(torch.zeros(1, 3, h, w, device=fr.device))
+            out = fr.network(torch.zeros(1, 3, h, w, device=fr.device))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise FroqError(f"{fr.config_path}: {fr.arch} cannot take inputs of preprocess.size "
                         f"{[h, w]} ({first}): set preprocess.size to the model's input size") from None
+    fr.embedding_dim = int(out.reshape(1, -1).shape[1])  # spares stages a second blank forward
 
 
 def check_image_size(cfg_size, fr: FRModel, source: str, key: str = "dataset.image_size") -> None:

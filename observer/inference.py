@@ -74,7 +74,9 @@ def check_same_model(obs: dict, fr: FRModel, source: str) -> None:
 
 
 def embedding_dim(fr: FRModel) -> int:
-    """Length of the FR model's embedding (one forward of a blank image)."""
+    """Length of the FR model's embedding (known from the load-time check, else one blank forward)."""
+    if fr.embedding_dim is not None:
+        return fr.embedding_dim
     h, w = fr.preprocess.size
     with torch.no_grad():
         out = fr.network(torch.zeros(1, 3, h, w, device=fr.device))
