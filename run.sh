@@ -118,7 +118,7 @@ step() {
 py_has_images() {  # DIR -> exit 0 when it holds at least one image
   "$PYTHON" - "$1" <<'PY' 2>/dev/null
 import sys
-from froq.images import list_images
+from froq.core.images import list_images
 sys.exit(0 if list_images(sys.argv[1]) else 1)
 PY
 }
@@ -127,7 +127,7 @@ PY
 fr_info() {  # CFG [strict] -> "arch size weights_status" (strict: missing weights is an error)
   "$PYTHON" - "$@" <<'PY'
 import sys
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 from face_recognition_model.loading import load_fr_config, resolve_weights
 try:
     cfg = load_fr_config(sys.argv[1])
@@ -197,8 +197,8 @@ if [ -n "$PHOTOS" ]; then
 """Symlink the aligned photos into SPLIT/calibration (at most MAX, evenly spaced) and SPLIT/target."""
 import os, shutil, sys
 from pathlib import Path, PurePosixPath
-from froq.errors import FroqError
-from froq.images import list_images
+from froq.core.errors import FroqError
+from froq.core.images import list_images
 
 aligned, split, mode, every, ids = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 cap = int(sys.argv[6])
@@ -256,7 +256,7 @@ subsample() {
   "$PYTHON" - "$1" "$2" "$3" <<'PY'
 import os, shutil, sys
 from pathlib import Path
-from froq.images import list_images
+from froq.core.images import list_images
 src, n, dst = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 rels = list_images(src)
 if len(rels) <= n:
@@ -287,8 +287,8 @@ if [ -z "$TARGET" ]; then
 fi
 "$PYTHON" - "$CALIB" "$TARGET" <<'PY' || exit 2
 import sys
-from froq.errors import FroqError
-from froq.images import list_images
+from froq.core.errors import FroqError
+from froq.core.images import list_images
 try:
     n = [len(list_images(d)) for d in sys.argv[1:]]
 except FroqError as exc:
@@ -317,7 +317,7 @@ step "FROQ qualities" \
 import csv, sys
 from pathlib import Path
 import numpy as np
-from froq.io import read_json, write_json
+from froq.core.io import read_json, write_json
 out, fr, calib, target = Path(sys.argv[1]), *sys.argv[2:]
 obs = read_json(out / "observer.json")
 with open(out / "qualities.csv", newline="") as fh:

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from baselineFIQA import perturbations
 from face_recognition_model.loading import FRModel
-from froq.batches import iterate_folder
-from froq.device import autocast_context
-from froq.images import FailureLog, list_images
-from froq.io import RowLog
+from froq.core.batches import iterate_folder
+from froq.core.device import autocast_context
+from froq.core.images import FailureLog, list_images
+from froq.core.io import RowLog
 
 log = logging.getLogger(__name__)
 

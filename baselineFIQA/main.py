@@ -12,13 +12,13 @@ import sys
 import time
 
 from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
-from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, float_list, load_config, positive_int, public, int_or_auto
-from froq.errors import FroqError
-from froq.images import FailureLog
-from froq.io import discard_partial, write_csv, write_json
-from froq.stage import (COMMON_KEYS, check_image_size, fr_from_stage_config, no_readable_images,
-                        output_path)
+from froq.core.cli import run_main, setup_logging, stage_parser
+from froq.core.config import Key, float_list, load_config, positive_int, public, int_or_auto
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
+from froq.core.io import discard_partial, write_csv, write_json
+from froq.core.stage import COMMON_KEYS, check_image_size, no_readable_images, output_path
+from face_recognition_model.loading import fr_from_stage_config
 
 log = logging.getLogger("baselineFIQA")
 

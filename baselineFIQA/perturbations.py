@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 
 def flip(x: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 from baselineFIQA.methods import get_method, list_methods, resolve_options, run_method
-from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, load_config, positive_int, public
-from froq.errors import FroqError
-from froq.images import FailureLog
-from froq.io import write_csv, write_json
-from froq.stage import COMMON_KEYS, fr_from_stage_config, output_path
+from froq.core.cli import run_main, setup_logging, stage_parser
+from froq.core.config import Key, load_config, positive_int, public
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
+from froq.core.io import write_csv, write_json
+from froq.core.stage import COMMON_KEYS, output_path
+from face_recognition_model.loading import fr_from_stage_config
 
 log = logging.getLogger("baselineFIQA.score")
 

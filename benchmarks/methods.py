@@ -23,13 +23,14 @@ import torch
 
 from baselineFIQA.methods import get_method, list_methods, run_method
 from baselineFIQA.score import method_options
-from froq.batches import iterate_folder
-from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, load_config, positive_int
-from froq.errors import FroqError
-from froq.images import FailureLog, list_images
-from froq.io import write_json
-from froq.stage import COMMON_KEYS, fr_from_stage_config
+from froq.core.batches import iterate_folder
+from froq.core.cli import run_main, setup_logging, stage_parser
+from froq.core.config import Key, load_config, positive_int
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog, list_images
+from froq.core.io import write_json
+from froq.core.stage import COMMON_KEYS
+from face_recognition_model.loading import fr_from_stage_config
 
 log = logging.getLogger("benchmarks.methods")
 

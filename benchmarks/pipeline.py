@@ -40,13 +40,14 @@ import torch
 from baselineFIQA import perturbations
 from baselineFIQA.labels import LabelSettings, PseudoLabeler
 from face_recognition_model.loading import FRModel
-from froq.batches import iterate_folder
-from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, float_list, int_or_auto, load_config, positive_int, public
-from froq.errors import FroqError
-from froq.images import FailureLog, list_images
-from froq.io import write_json
-from froq.stage import COMMON_KEYS, fr_from_stage_config
+from froq.core.batches import iterate_folder
+from froq.core.cli import run_main, setup_logging, stage_parser
+from froq.core.config import Key, float_list, int_or_auto, load_config, positive_int, public
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog, list_images
+from froq.core.io import write_json
+from froq.core.stage import COMMON_KEYS
+from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder, observable_layers
 from observer.inference import score_folder
 from observer.initialization import collect_norms, select_layers

@@ -6,7 +6,7 @@ Usage::
         [--variants 2] [--seed 0] [--keep-clean] [--folders map|keep] [--ext jpg|png]
 
 As in the FROQ paper (a Glint360K subset degraded with BSRGAN's random degradations), every source
-image (found recursively with ``froq.images.list_images``; faces already aligned, e.g. by
+image (found recursively with ``froq.core.images.list_images``; faces already aligned, e.g. by
 ``face_recognition_model/align.py``) yields ``--variants`` degraded copies made by
 ``calibration_dataset.degradations.random_degradation`` (blur, down/up-sampling, noise, JPEG; each
 with some probability, random order and strength; settings in that module's docstring).
@@ -41,10 +41,10 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from calibration_dataset.degradations import DEFAULTS, describe, psnr, random_degradation
-from froq.cli import run_main, setup_logging
-from froq.errors import FroqError
-from froq.images import FailureLog, list_images, load_rgb
-from froq.io import write_csv, write_json
+from froq.core.cli import run_main, setup_logging
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog, list_images, load_rgb
+from froq.core.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 

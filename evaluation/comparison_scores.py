@@ -23,10 +23,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from froq.errors import FroqError
-from froq.batches import iterate_folder
-from froq.images import FailureLog
-from froq.io import read_csv, read_json, sha256_file, write_csv, write_json, write_npy
+from froq.core.errors import FroqError
+from froq.core.batches import iterate_folder
+from froq.core.images import FailureLog
+from froq.core.io import read_csv, read_json, sha256_file, write_csv, write_json, write_npy
 
 from evaluation.pair_protocols import PairProtocol, normalise_rel_path
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 PAIR_QUALITY_RULES = ("min", "mean", "product")
 

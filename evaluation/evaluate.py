@@ -16,8 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
-from froq.errors import FroqError
-from froq.io import write_json
+from froq.core.errors import FroqError
+from froq.core.io import write_json
 
 from evaluation import edc
 from evaluation.comparison_scores import protocol_scores, read_scores_csv, write_scores_csv
@@ -280,7 +280,7 @@ def run_evaluation(cfg: dict) -> dict:
             else:
                 if fr is None:
                     from face_recognition_model.loading import load_fr_model
-                    from froq.device import resolve_device
+                    from froq.core.device import resolve_device
 
                     fr = load_fr_model(model.config, resolve_device(cfg["device"]))
                     run_info["models"].setdefault(model.name, {}).update(fr.identity())

@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from froq.cli import run_main, setup_logging
-from froq.io import write_csv
+from froq.core.cli import run_main, setup_logging
+from froq.core.io import write_csv
 
 
 def main(argv=None) -> None:

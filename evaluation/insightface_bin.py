@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from froq.errors import FroqError
-from froq.io import atomic_open
+from froq.core.errors import FroqError
+from froq.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, device_name, float_list, load_config, positive_int
+from froq.core.cli import run_main, setup_logging, stage_parser
+from froq.core.config import Key, device_name, float_list, load_config, positive_int
 
 log = logging.getLogger("evaluation")
 

@@ -16,9 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from froq.errors import FroqError
-from froq.images import IMAGE_EXTENSIONS
-from froq.io import read_csv
+from froq.core.errors import FroqError
+from froq.core.images import IMAGE_EXTENSIONS
+from froq.core.io import read_csv
 
 log = logging.getLogger(__name__)
 

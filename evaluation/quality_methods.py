@@ -28,8 +28,8 @@ from typing import Mapping
 
 import numpy as np
 
-from froq.errors import FroqError
-from froq.io import read_quality_csv
+from froq.core.errors import FroqError
+from froq.core.io import read_quality_csv
 
 from evaluation.pair_protocols import PairProtocol, normalise_rel_path
 

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from froq.io import atomic_open, write_csv, write_json
+from froq.core.io import atomic_open, write_csv, write_json
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Usage::
     python face_recognition_model/align.py --input photos/ --output aligned/ --template dlib150 \
         [--select largest|center] [--fallback none|center-box] [--workers N] [--ext png|jpg|same]
 
-For every image of ``--input`` (read with ``froq.images.list_images`` / ``load_rgb``) dlib's HOG
+For every image of ``--input`` (read with ``froq.core.images.list_images`` / ``load_rgb``) dlib's HOG
 detector finds the faces (if none, it is run again on the image upsampled once), one face is chosen
 (``largest`` box by default; ``center`` = the box whose centre is nearest the image centre, better
 for LFW where the labelled person is centred and photos often hold several faces), dlib's landmark
@@ -67,10 +67,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from froq.cli import run_main, setup_logging
-from froq.errors import FroqError
-from froq.images import list_images, load_rgb
-from froq.io import RowLog, read_csv, read_json, write_csv, write_json
+from froq.core.cli import run_main, setup_logging
+from froq.core.errors import FroqError
+from froq.core.images import list_images, load_rgb
+from froq.core.io import RowLog, read_csv, read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class FaceAligner:
                            box=box, points=points, chip=np.asarray(chip, dtype=np.uint8))
 
     def align_file(self, path: str | os.PathLike) -> AlignResult:
-        """Read an image (``froq.images.load_rgb``) and align it; unreadable → status ``unreadable``."""
+        """Read an image (``froq.core.images.load_rgb``) and align it; unreadable → status ``unreadable``."""
         try:
             img = np.asarray(load_rgb(path))
         except _READ_ERRORS as exc:

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 
 def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, torch.Tensor]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Iterable, Mapping
 
 import torch
 
-from froq.errors import FroqError
-from froq.io import atomic_open
+from froq.core.errors import FroqError
+from froq.core.io import atomic_open
 
 
 def read_manifest(path: str | os.PathLike) -> list[tuple[str, tuple[int, ...]]]:

@@ -21,10 +21,11 @@ from typing import Sequence
 import torch
 
 from face_recognition_model import registry
-from froq.config import Key, load_config
-from froq.errors import FroqError
-from froq.images import Preprocess
-from froq.io import sha256_file
+from froq.core.config import Key, load_config
+from froq.core.device import resolve_device
+from froq.core.errors import FroqError
+from froq.core.images import Preprocess
+from froq.core.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +124,40 @@ def load_fr_model(config: str | Path | dict, device: torch.device | str = "cpu",
     return FRModel(network=network, preprocess=preprocess, arch=arch, weights=weights,
                    weights_sha256=digest, device=device, config_path=str(source),
                    config={k: v for k, v in cfg.items() if not k.startswith("_")})
+
+
+def fr_from_stage_config(cfg: dict) -> FRModel:
+    """Load the FR model named by ``cfg['face_recognition_config']`` on ``cfg['device']``.
+
+    Keys of the FR config can be overridden from the stage with ``fr_overrides: [model.weights=...]``
+    or on the command line with ``--set fr_overrides=[model.weights=PATH]``.
+    """
+    source = cfg.get("_source", "stage config")
+    try:
+        device = resolve_device(cfg.get("device"))
+    except FroqError as exc:
+        raise FroqError(f"{source}: device: {exc}") from None
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    fr_path = Path(cfg["face_recognition_config"])
+    if not fr_path.is_file():
+        raise FroqError(f"{source}: face_recognition_config: FR config file not found: {fr_path} "
+                        "(see configs/fr/ for the shipped ones)")
+    fr_cfg = load_fr_config(fr_path, cfg.get("fr_overrides") or [])
+    fr = load_fr_model(fr_cfg, device)
+    check_input_size(fr)
+    log.info("FR model %s (%s) on %s", fr.arch, fr.weights or "random weights", device)
+    return fr
+
+
+def check_input_size(fr: FRModel) -> None:
+    """One forward of a black image at the FR config's ``preprocess.size``; FroqError naming the FR
+    config when the network cannot take that size (instead of a shape error mid-run)."""
+    h, w = fr.preprocess.size
+    try:
+        with torch.no_grad():
+            out = fr.network(torch.zeros(1, 3, h, w, device=fr.device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise FroqError(f"{fr.config_path}: {fr.arch} cannot take inputs of preprocess.size "
+                        f"{[h, w]} ({first}): set preprocess.size to the model's input size") from None
+    fr.embedding_dim = int(out.reshape(1, -1).shape[1])  # spares stages a second blank forward

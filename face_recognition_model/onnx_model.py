@@ -44,7 +44,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 # name -> "module:function" (lazy) or a callable registered at run time
 _REGISTRY: dict[str, str | Callable[..., torch.nn.Module]] = {}

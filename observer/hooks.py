@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 
 from face_recognition_model.loading import FRModel
-from froq.batches import iterate_folder
-from froq.cli import run_main, setup_logging, stage_parser
-from froq.config import Key, load_config, positive_int, public
-from froq.device import autocast_context
-from froq.errors import FroqError
-from froq.images import FailureLog, list_images
-from froq.io import RowLog, discard_partial, read_json, write_csv, write_json, write_npy
-from froq.stage import COMMON_KEYS, fr_from_stage_config, no_readable_images, output_path
+from froq.core.batches import iterate_folder
+from froq.core.cli import run_main, setup_logging, stage_parser
+from froq.core.config import Key, load_config, positive_int, public
+from froq.core.device import autocast_context
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog, list_images
+from froq.core.io import RowLog, discard_partial, read_json, write_csv, write_json, write_npy
+from froq.core.stage import COMMON_KEYS, no_readable_images, output_path
+from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder
 
 log = logging.getLogger("observer.inference")

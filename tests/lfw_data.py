@@ -135,7 +135,7 @@ def lfw_dlib150(lfw_root, lfw_pairs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lfw_calibration_pool_dlib150(lfw_root, tmp_path_factory) -> Path:
     """Folder of dlib150 chips of every image of the calibration-pool people."""
-    from froq.images import list_images
+    from froq.core.images import list_images
 
     images = lfw_root / "images"
     names = [n.strip() for n in (lfw_root / "calibration_pool.txt").read_text().splitlines() if n.strip()]

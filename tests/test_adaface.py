@@ -20,7 +20,7 @@ from face_recognition_model import create_model, load_fr_model
 from face_recognition_model.adaface import AdaFaceBackbone
 from face_recognition_model.generated import (generated_state_dict, read_manifest,
                                               write_generated_checkpoint)
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 # reference file stem -> (depth, SE)
 REFERENCE_ARCHS = {"ir_18": (18, False), "ir_34": (34, False), "ir_50": (50, False),

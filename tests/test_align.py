@@ -14,8 +14,8 @@ from face_recognition_model import align
 from face_recognition_model.align import (ARCFACE_112, FaceAligner, align_folder, arcface_points,
                                           choose_face, fallback_box, umeyama_similarity,
                                           warp_similarity)
-from froq.cli import run_main
-from froq.errors import FroqError
+from froq.core.cli import run_main
+from froq.core.errors import FroqError
 
 # a few real LFW photos (one face each)
 LFW_SAMPLES = ["Aaron_Pena/Aaron_Pena_0001.jpg", "Abdullah/Abdullah_0002.jpg",

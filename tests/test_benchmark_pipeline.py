@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from face_recognition_model.registry import register_model
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 from conftest import REPO
 
 SIZE = 28

@@ -13,8 +13,8 @@ from scipy import stats
 
 from calibration_dataset import build, degradations as deg
 from calibration_dataset.build import MANIFEST_HEADER, build_calibration_set
-from froq.cli import run_main
-from froq.errors import FroqError
+from froq.core.cli import run_main
+from froq.core.errors import FroqError
 
 
 def textured_face(seed: int, size: int = 96) -> np.ndarray:

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from baselineFIQA import main as baseline_cli
-from froq.cli import run_main
-from froq.config import (Key, float_list, int_or_auto, load_config, parse_overrides, positive_int,
+from froq.core.cli import run_main
+from froq.core.config import (Key, float_list, int_or_auto, load_config, parse_overrides, positive_int,
                          read_yaml, validate)
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 from observer import inference as inference_cli
 from observer import initialization as init_cli
 from stage_helpers import error_line
@@ -255,7 +255,7 @@ def test_validate_messages_name_source_and_key():
 
 def test_validate_warns_about_unknown_keys_only(caplog):
     schema = {"dataset.path": Key("str"), "extra": Key("dict", default={})}
-    with caplog.at_level(logging.WARNING, logger="froq.config"):
+    with caplog.at_level(logging.WARNING, logger="froq.core.config"):
         validate({"dataset": {"path": "x", "pth": "y"}, "extra": {"free": 1}, "_source": "s"},
                  schema, "cfg.yaml")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

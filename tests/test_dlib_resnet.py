@@ -16,7 +16,7 @@ from face_recognition_model import dlib_resnet
 from face_recognition_model.dlib_resnet import (Affine, DlibResNet, GlobalAvgPool, ZeroPadAdd,
                                                 build_dlib_resnet, default_weights_path,
                                                 read_dlib_weights)
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 from conftest import REPO, shared_path
 
 CONFIG = REPO / "configs" / "fr" / "dlib_resnet.yaml"
@@ -144,7 +144,7 @@ def test_parser_rejects_damaged_files(tmp_path, damage):
 def lfw_chips():
     """≥ 20 dlib-aligned 150×150 chips of real LFW faces and dlib's own descriptors of them."""
     dlib = pytest.importorskip("dlib")
-    from froq.images import list_images, load_rgb
+    from froq.core.images import list_images, load_rgb
     root = shared_path("data", "lfw", "images")
     model_file = packaged_model_file()
     detector = dlib.get_frontal_face_detector()
@@ -185,7 +185,7 @@ def test_matches_dlib_descriptors_batched_and_single(lfw_chips):
 
 def test_config_preprocess_equals_dlib_normalisation():
     from face_recognition_model.loading import load_fr_config
-    from froq.images import Preprocess
+    from froq.core.images import Preprocess
     pre = Preprocess.from_config(load_fr_config(CONFIG)["preprocess"])
     assert pre.size == (150, 150) and pre.channels == (0, 1, 2)
     pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 2, 256)

@@ -15,8 +15,8 @@ from PIL import Image
 from evaluation import insightface_bin as ib
 from evaluation.extract_bin import main as extract_main
 from evaluation.pair_protocols import read_insightface_bin
-from froq.errors import FroqError
-from froq.images import ImageFolder, Preprocess, list_images
+from froq.core.errors import FroqError
+from froq.core.images import ImageFolder, Preprocess, list_images
 
 
 def _encoded(color, fmt="PNG", size=(16, 12)) -> bytes:

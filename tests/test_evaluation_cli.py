@@ -22,7 +22,7 @@ from PIL import Image
 from evaluation import comparison_scores, edc
 from evaluation.main import main as eval_main
 from face_recognition_model.registry import register_model
-from froq.cli import run_main
+from froq.core.cli import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["Ann_Lee", "Bob_Ray", "Cy_Do", "Di_Fox"]
@@ -288,7 +288,7 @@ def test_shipped_config_is_valid():
     from evaluation.evaluate import parse_benchmarks
     from evaluation.main import SCHEMA
     from evaluation.quality_methods import method_specs
-    from froq.config import load_config
+    from froq.core.config import load_config
 
     path = REPO / "configs" / "evaluation.yaml"
     cfg = load_config(path, SCHEMA)

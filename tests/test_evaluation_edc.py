@@ -9,7 +9,7 @@ import pytest
 
 from evaluation import edc
 from evaluation.evaluate import evaluate_pairs
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 
 # ---- threshold at a target FMR: t = (floor(f*m)+1)-th highest impostor score, match = score > t

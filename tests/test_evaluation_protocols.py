@@ -12,7 +12,7 @@ from PIL import Image
 from evaluation.pair_protocols import parse_lfw_pairs, read_lfw_pairs, read_pairs_csv, read_xqlfw
 from evaluation.quality_methods import (QualitySource, check_template, image_qualities, method_specs,
                                         resolve_sources)
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 PEOPLE = {"Ann_Lee": 3, "Bob_Ray": 2, "Cy_Do": 1}
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from froq.errors import FroqError
-from froq.images import (FailureLog, ImageFolder, Preprocess, collate_images, list_images,
+from froq.core.errors import FroqError
+from froq.core.images import (FailureLog, ImageFolder, Preprocess, collate_images, list_images,
                          load_rgb)
 
 

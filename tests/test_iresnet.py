@@ -7,7 +7,7 @@ import torch
 
 from face_recognition_model import create_model, load_fr_model
 from face_recognition_model.iresnet import CRFIQAIResNet, IResNet, STAGE_LAYERS, build_crfiqa_iresnet
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 
 def meta_model(depth: int, cls=IResNet) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """End-to-end check of alignment + the torch dlib ResNet on real faces: LFW verification.
 
 The 1,800 pairs of folds 1–3 (``lfw_pairs``), aligned as dlib150 chips (``lfw_dlib150``), are
-embedded with ``configs/fr/dlib_resnet.yaml`` through ``froq.images.ImageFolder`` and compared by
+embedded with ``configs/fr/dlib_resnet.yaml`` through ``froq.core.images.ImageFolder`` and compared by
 cosine similarity. Accuracy = mean over the 3 rotations of (threshold chosen on 2 folds, accuracy on
 the third). dlib reports 99.38 % on full 10-fold LFW; the shared data README measured 98.8 % with
 centre-face selection; we require ≥ 97.0 %.
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from conftest import REPO
-from froq.device import resolve_device
-from froq.images import ImageFolder, image_loader
+from froq.core.device import resolve_device
+from froq.core.images import ImageFolder, image_loader
 from lfw_data import pair_images
 
 

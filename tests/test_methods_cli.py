@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from froq.cli import run_main
-from froq.io import read_csv
+from froq.core.cli import run_main
+from froq.core.io import read_csv
 from baselineFIQA import score as score_cli
 
 

@@ -12,8 +12,8 @@ from baselineFIQA.methods import run_method
 from baselineFIQA.methods.grafiqs import VARIANTS, bn_layers, grafiqs_batch, residual_stages
 from face_recognition_model import create_model
 from face_recognition_model.loading import FRModel
-from froq.errors import FroqError
-from froq.images import Preprocess
+from froq.core.errors import FroqError
+from froq.core.images import Preprocess
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -14,8 +14,8 @@ from baselineFIQA.methods import run_method
 from baselineFIQA.methods.serfiq import Tail, find_tail, serfiq_quality, stochastic_embeddings
 from face_recognition_model import create_model
 from face_recognition_model.loading import FRModel
-from froq.errors import FroqError
-from froq.images import Preprocess
+from froq.core.errors import FroqError
+from froq.core.images import Preprocess
 
 
 def write_faces(folder, n, size, seed=0):

@@ -12,8 +12,8 @@ from baselineFIQA.methods import get_method, list_methods, resolve_options, run_
 from face_recognition_model import create_model
 from face_recognition_model.iresnet import build_crfiqa_iresnet
 from face_recognition_model.loading import FRModel
-from froq.errors import FroqError
-from froq.images import ImageFolder, Preprocess, list_images
+from froq.core.errors import FroqError
+from froq.core.images import ImageFolder, Preprocess, list_images
 
 
 def write_faces(folder, n, size, seed=0):

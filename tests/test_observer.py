@@ -25,8 +25,8 @@ from torch import nn
 
 from face_recognition_model.loading import FRModel
 from face_recognition_model.registry import register_model
-from froq.errors import FroqError
-from froq.images import Preprocess
+from froq.core.errors import FroqError
+from froq.core.images import Preprocess
 from observer.hooks import NormRecorder
 from observer.inference import score_folder
 from observer.initialization import collect_norms, initialize_observer, select_layers
@@ -133,7 +133,7 @@ def data(tmp_path_factory):
 
 
 def load_inputs(root: Path, paths: list[str]) -> torch.Tensor:
-    """The model inputs written independently of froq.images: [0,1] → (x−0.5)/0.5 → BGR."""
+    """The model inputs written independently of froq.core.images: [0,1] → (x−0.5)/0.5 → BGR."""
     arrs = [np.asarray(Image.open(root / p).convert("RGB")) for p in paths]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
     x = (x - 0.5) / 0.5

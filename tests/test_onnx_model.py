@@ -14,8 +14,8 @@ from torch import nn
 from baselineFIQA.labels import compute_pseudo_labels
 from baselineFIQA.methods.grafiqs import bn_layers
 from face_recognition_model.loading import load_fr_model
-from froq.errors import FroqError
-from froq.io import write_csv
+from froq.core.errors import FroqError
+from froq.core.io import write_csv
 from observer.hooks import NormRecorder, observable_layers
 from observer.inference import score_folder
 from observer.initialization import initialize_observer

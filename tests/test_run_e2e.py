@@ -52,8 +52,8 @@ def link_files(src_root: Path, rels, dst_root: Path) -> Path:
 
 
 def run_stage(main, argv) -> None:
-    """Run a stage's ``main`` through ``froq.cli.run_main`` (as its CLI does); fail on a non-zero code."""
-    from froq.cli import run_main
+    """Run a stage's ``main`` through ``froq.core.cli.run_main`` (as its CLI does); fail on a non-zero code."""
+    from froq.core.cli import run_main
 
     code = run_main(main, argv)
     assert code == 0, f"stage exited with {code}: {argv}"
@@ -69,7 +69,7 @@ def calibrate_lfw_observer(base: Path, pool: Path) -> dict:
     """
     from baselineFIQA.main import main as labels_main
     from calibration_dataset.build import main as build_main
-    from froq.images import list_images
+    from froq.core.images import list_images
     from observer.initialization import main as init_main
 
     out = {"built": base / "built", "calib": base / "calib", "heldout": base / "heldout",
@@ -172,7 +172,7 @@ def test_froq_method_matches_inference(tmp_path):
 
     from baselineFIQA.score import main as score_main
     from face_recognition_model.loading import load_fr_model
-    from froq.errors import FroqError
+    from froq.core.errors import FroqError
     from observer.inference import score_folder
 
     faces = tmp_path / "faces"

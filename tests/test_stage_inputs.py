@@ -1,7 +1,7 @@
 """Robustness of the three stage CLIs against real-world input folders and files.
 
 baselineFIQA/main.py (pseudo-labels), observer/initialization.py and observer/inference.py are run
-in-process through ``froq.cli.run_main`` with AdaFace IR-18 and random weights (``weights: random``,
+in-process through ``froq.core.cli.run_main`` with AdaFace IR-18 and random weights (``weights: random``,
 seeded by the stage), so nothing outside the repository is needed. Pseudo-labels are run with cheap
 constants (``dataset.mpx=56`` → 4 occlusion masks, ``dataset.noise_count=2``) and 3–7 images.
 
@@ -28,13 +28,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-import froq.io
+import froq.core.io
 from baselineFIQA import labels as labels_mod
 from baselineFIQA import main as baseline_cli
 from face_recognition_model import registry
-from froq.cli import run_main
-from froq.errors import FroqError
-from froq.io import RowLog
+from froq.core.cli import run_main
+from froq.core.errors import FroqError
+from froq.core.io import RowLog
 from observer import inference as inference_cli
 from observer import initialization as init_cli
 from observer.hooks import NormRecorder
@@ -193,7 +193,7 @@ def test_labels_skip_unreadable_and_score_every_mode(pipeline):
 
 def test_labels_of_converted_modes_match_their_rgb_versions(pipeline, tmp_path):
     """Gray/RGBA/P/16-bit files score like the RGB image load_rgb makes of them (no mode quirks)."""
-    from froq.images import load_rgb
+    from froq.core.images import load_rgb
 
     odd = ["Bob/extra/Bob_0002.png", "Carol/Carol_0001.png", "Carol/Carol_0002.png", "Dave/Dave_0001.png"]
     rgb = tmp_path / "rgb"
@@ -587,7 +587,7 @@ def test_failed_write_leaves_no_output_and_keeps_the_old_one(stage, tiny, monkey
         raise OSError(28, "No space left on device (simulated)")
 
     with monkeypatch.context() as m:
-        m.setattr(froq.io.os, "fsync", disk_full)
+        m.setattr(froq.core.io.os, "fsync", disk_full)
         rc, _, err = cli(stage, tiny["cfgs"][stage], *args)
     assert rc == 2 and "error:" in err and "simulated" in err  # one line, no traceback
     assert "Traceback" not in err
@@ -596,7 +596,7 @@ def test_failed_write_leaves_no_output_and_keeps_the_old_one(stage, tiny, monkey
 
     out.write_text("path,quality\nold,1.0\n")  # a previous result survives a failed rewrite
     with monkeypatch.context() as m:
-        m.setattr(froq.io.os, "fsync", disk_full)
+        m.setattr(froq.core.io.os, "fsync", disk_full)
         rc, _, err = cli(stage, tiny["cfgs"][stage], *args)
     assert rc == 2 and "simulated" in err
     assert out.read_text() == "path,quality\nold,1.0\n" and no_temp_files(out.parent)

@@ -7,7 +7,7 @@ method-specific component columns)::
     from baselineFIQA.methods import run_method
     result = run_method("serfiq", fr, "aligned/", batch_size=32, options={"m": 100})
 
-A method module defines ``NAME``, ``DESCRIPTION``, ``OPTIONS`` (a ``froq.config.Key`` schema of
+A method module defines ``NAME``, ``DESCRIPTION``, ``OPTIONS`` (a ``froq.core.config.Key`` schema of
 its options, the ``methods.<name>.*`` keys of a score config), ``components(options)`` (the extra
 CSV columns), ``check(fr, options)`` (FroqError when the method does not apply to the model) and
 ``score(fr, root, *, batch_size, num_workers, paths, failures, resume_path, options)``.
@@ -25,9 +25,9 @@ import torch
 
 from baselineFIQA.methods.common import MethodResult  # noqa: F401  (public)
 from face_recognition_model.loading import FRModel
-from froq.config import validate
-from froq.errors import FroqError
-from froq.images import FailureLog
+from froq.core.config import validate
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
 
 log = logging.getLogger(__name__)
 

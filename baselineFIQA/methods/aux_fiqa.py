@@ -15,8 +15,8 @@ import numpy as np
 
 from baselineFIQA.methods.common import MethodResult
 from face_recognition_model.loading import FRModel
-from froq.config import Key, float_list, positive_int, int_or_auto
-from froq.images import FailureLog
+from froq.core.config import Key, float_list, positive_int, int_or_auto
+from froq.core.images import FailureLog
 
 NAME = "aux_fiqa"
 DESCRIPTION = "auxiliary FIQA (FROQ pseudo-labels): stability under flip, noise, occlusion; higher = better"

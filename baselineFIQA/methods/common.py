@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from face_recognition_model.loading import FRModel
-from froq.batches import iterate_folder
-from froq.images import FailureLog, list_images
-from froq.io import RowLog
+from froq.core.batches import iterate_folder
+from froq.core.images import FailureLog, list_images
+from froq.core.io import RowLog
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def score_folder(fr: FRModel, root: str | Path, batch_fn: BatchFn, components: S
                  *, batch_size: int = 32, num_workers: int = 0, paths: Sequence[str] | None = None,
                  failures: FailureLog | None = None, desc: str = "scores",
                  resume_path: str | Path | None = None, settings: dict | None = None) -> MethodResult:
-    """Run ``batch_fn`` over the readable images of ``root`` (read with ``froq.images``).
+    """Run ``batch_fn`` over the readable images of ``root`` (read with ``froq.core.images``).
 
     In: the FR model (its preprocessing and device are used), the folder or explicit relative
     ``paths``, the batch function returning ``quality`` and every name of ``components`` as (B,)

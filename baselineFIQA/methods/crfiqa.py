@@ -14,8 +14,8 @@ import torch
 
 from baselineFIQA.methods.common import MethodResult, score_folder
 from face_recognition_model.loading import FRModel
-from froq.errors import FroqError
-from froq.images import FailureLog
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
 
 NAME = "crfiqa"
 DESCRIPTION = "CR-FIQA: the quality head of a CR-FIQA iResNet; higher = better"

@@ -15,8 +15,8 @@ import torch
 
 from baselineFIQA.methods.common import MethodResult, score_folder
 from face_recognition_model.loading import FRModel
-from froq.device import autocast_context
-from froq.images import FailureLog
+from froq.core.device import autocast_context
+from froq.core.images import FailureLog
 
 log = logging.getLogger(__name__)
 

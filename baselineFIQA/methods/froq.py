@@ -14,9 +14,9 @@ from typing import Sequence
 
 from baselineFIQA.methods.common import MethodResult
 from face_recognition_model.loading import FRModel
-from froq.config import Key
-from froq.errors import FroqError
-from froq.images import FailureLog
+from froq.core.config import Key
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
 
 NAME = "froq"
 DESCRIPTION = "FROQ: mean L2 norm of the observer's selected FR layers; higher = better"

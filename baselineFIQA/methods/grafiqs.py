@@ -34,9 +34,9 @@ from torch import nn
 
 from baselineFIQA.methods.common import MethodResult, score_folder
 from face_recognition_model.loading import FRModel
-from froq.config import Key
-from froq.errors import FroqError
-from froq.images import FailureLog
+from froq.core.config import Key
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from torch import nn
 from baselineFIQA.methods.common import (MethodResult, StopForward, capture_input, image_seed,
                                          score_folder)
 from face_recognition_model.loading import FRModel
-from froq.config import Key
-from froq.errors import FroqError
-from froq.images import FailureLog
+from froq.core.config import Key
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 log = logging.getLogger("froq")
 

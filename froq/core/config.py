@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
 

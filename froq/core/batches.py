@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from froq.images import FailureLog, ImageFolder, Preprocess, image_loader, list_images
+from froq.core.images import FailureLog, ImageFolder, Preprocess, image_loader, list_images
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from froq.errors import FroqError
+from froq.core.errors import FroqError
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
