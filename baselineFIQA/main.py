@@ -16,8 +16,9 @@ from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, float_list, load_config, positive_int, public, int_or_auto
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
-from froq.core.io import discard_partial, write_csv, write_json
-from froq.core.stage import COMMON_KEYS, check_image_size, no_readable_images, output_path
+from froq.core.io import write_csv
+from froq.core.runner import finish_stage
+from froq.core.stage import COMMON_KEYS, check_image_size, output_path
 from face_recognition_model.loading import fr_from_stage_config
 
 log = logging.getLogger("baselineFIQA")
@@ -51,21 +52,13 @@ def main(argv=None) -> None:
     out = output_path(cfg["outpath"], "labels.csv")
     failures = FailureLog("pseudo-labels")
     start = time.perf_counter()
-    rows = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
-                                 mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
-                                 noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
-                                 resume_path=out, failures=failures)
-    if not rows:
-        raise FroqError(no_readable_images(ds["path"], failures))
-    write_csv(out, COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
-    write_json(out.with_suffix(".meta.json"), {
-        "stage": "pseudo_labels", "model": fr.identity(), "config": public(cfg),
-        "images": len(rows), "unreadable": [{"path": p, "reason": r} for p, r in failures.items]})
-    discard_partial(out)  # the resume log is no longer needed once the CSV is written
-    elapsed = time.perf_counter() - start
-    log.info("%d pseudo-labels in %.1f s; %s", len(rows), elapsed, failures.summary())
-    print(f"pseudo-labels: {out} ({len(rows)} images; {failures.summary()})")
-
+    result = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
+                                   mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
+                                   noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
+                                   resume_path=out, failures=failures)
+    write_csv(out, COLUMNS, result.rows())
+    finish_stage(out, "pseudo_labels", label="pseudo-labels", images=len(result), failures=failures, started=start,
+                 meta={"model": fr.identity(), "config": public(cfg)})
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -23,7 +23,7 @@ import torch
 
 from baselineFIQA.methods import get_method, list_methods, run_method
 from baselineFIQA.score import method_options
-from froq.core.batches import iterate_folder
+from froq.core.runner import iterate_folder
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int
 from froq.core.errors import FroqError
@@ -75,7 +75,6 @@ def quick_observer(fr, root, paths, batch_size, num_workers, out_dir) -> str:
     """An observer for timing FROQ when none is configured: initialised on the benchmark images
     with the flip component of the pseudo-labels as labels (cheap; selection quality does not
     matter for speed, only how deep the selected layers are). Returns the JSON path."""
-    from baselineFIQA import perturbations
     from baselineFIQA.labels import LabelSettings, PseudoLabeler
     from observer.initialization import collect_norms, select_layers
 
@@ -85,8 +84,7 @@ def quick_observer(fr, root, paths, batch_size, num_workers, out_dir) -> str:
         for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,
                                                   num_workers=num_workers, device=fr.device,
                                                   desc="flip labels", failures=FailureLog("froq")):
-            ref = labeler._embed(images)
-            flips.update(zip(batch_paths, labeler._cos_to(ref, perturbations.flip(images), 1).tolist()))
+            flips.update(zip(batch_paths, labeler.flip_term(images, labeler.embed(images)).tolist()))
     layers, read, norms = collect_norms(fr, root, paths, batch_size, num_workers)
     record = select_layers(layers, norms, [flips[p] for p in read])
     path = Path(out_dir) / "observer.json"

@@ -12,11 +12,11 @@ image; ``fwd/img`` is the nominal number of forward passes per image, the physic
 - ``init (stage 2)``: one hooked forward per image over every layer (``NormRecorder``, as
   ``observer.initialization.collect_norms``) + ``select_layers`` (floor ≈ 1);
 - ``inference (stage 3)``: hooks on the selected layers only, with early exit, without it, and with
-  embeddings (as ``observer.inference.score_folder``; floor ≤ 1 with early exit).
+  embeddings (as ``observer.inference.froq_qualities``; floor ≤ 1 with early exit).
 
 Images are read and preprocessed once and kept in memory, so these rows time the computation. With
 ``end_to_end: true`` a second table times the library functions on the folder, reading included
-(``iterate_folder`` + forward, ``collect_norms`` + ``select_layers``, ``score_folder``). The labels
+(``iterate_folder`` + forward, ``collect_norms`` + ``select_layers``, ``froq_qualities``). The labels
 used for the selection are the flip component of every image (2 forwards/image, computed before the
 timing; the selection only fixes which layers the inference rows hook). Rows run round-robin
 ``repeats`` times after a warm-up; the median counts (the fastest run is shown beside it: on a
@@ -37,10 +37,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from baselineFIQA import perturbations
-from baselineFIQA.labels import LabelSettings, PseudoLabeler
+from baselineFIQA.labels import LabelSettings, PseudoLabeler, auto_forward_batch
 from face_recognition_model.loading import FRModel
-from froq.core.batches import iterate_folder
+from froq.core.runner import iterate_folder
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, float_list, int_or_auto, load_config, positive_int, public
 from froq.core.errors import FroqError
@@ -49,7 +48,7 @@ from froq.core.io import write_json
 from froq.core.stage import COMMON_KEYS
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder, observable_layers
-from observer.inference import score_folder
+from observer.inference import froq_qualities
 from observer.initialization import collect_norms, select_layers
 
 log = logging.getLogger("benchmarks.pipeline")
@@ -102,14 +101,13 @@ def component_pass(labeler: PseudoLabeler, batches: Sequence[torch.Tensor],
     """
     for x, ref in zip(batches, refs):
         if component == "reference":
-            labeler._embed(x)
+            labeler.embed(x)
         elif component == "flip":
-            labeler._cos_to(ref, perturbations.flip(x), 1)
+            labeler.flip_term(x, ref)
         elif component == "noise":
-            for a in labeler.s.alphas:
-                labeler._cos_to(ref, perturbations.add_noise(x, labeler.noise, a), labeler.noise.shape[0])
+            labeler.noise_term(x, ref)
         elif component == "occlusion":
-            labeler._occlusion(x, ref)
+            labeler.occlusion_term(x, ref)
         else:
             raise ValueError(component)
 
@@ -127,7 +125,7 @@ def init_pass(fr: FRModel, batches: Sequence[torch.Tensor], labels: np.ndarray, 
 
 def inference_pass(fr: FRModel, batches: Sequence[torch.Tensor], layers: Sequence[str],
                    early_exit: bool, embeddings: bool) -> np.ndarray:
-    """Qualities of every batch with hooks on ``layers`` only (as ``score_folder``) → (N,)."""
+    """Qualities of every batch with hooks on ``layers`` only (as ``froq_qualities``) → (N,)."""
     out = []
     with NormRecorder(fr.network, layers, early_exit=early_exit and not embeddings) as rec, \
             torch.no_grad():
@@ -250,7 +248,7 @@ def run_benchmark(cfg: dict) -> dict:
         raise FroqError(f"{root}: only {n} readable images; the benchmark needs at least 3")
     lcfg = cfg["labels"]
     fb = lcfg["forward_batch"]
-    fb = (256 if device.type == "cuda" else 32) if fb == "auto" else fb
+    fb = auto_forward_batch(device) if fb == "auto" else fb
     labeler = PseudoLabeler(fr, LabelSettings(alphas=tuple(lcfg["alphas"]), noise_count=lcfg["noise_count"],
                                               mpx=lcfg["mpx"], seed=cfg["seed"], forward_batch=fb))
     k_alpha = lcfg["noise_count"] * len(lcfg["alphas"])
@@ -260,8 +258,8 @@ def run_benchmark(cfg: dict) -> dict:
 
     # untimed set-up: reference embeddings; flip labels of every image for the selection
     with torch.no_grad():
-        refs = [labeler._embed(x) for x in label_batches]
-        flip_labels = np.concatenate([labeler._cos_to(labeler._embed(x), perturbations.flip(x), 1).cpu().numpy()
+        refs = [labeler.embed(x) for x in label_batches]
+        flip_labels = np.concatenate([labeler.flip_term(x, labeler.embed(x)).cpu().numpy()
                                       for x in batches]).astype(np.float64)
     record = init_pass(fr, batches, flip_labels, cfg["top_n"])
     selected = record["selected_layers"]
@@ -310,14 +308,14 @@ def run_benchmark(cfg: dict) -> dict:
 
         e2e = {"forward + reading": e2e_forward,
                "init + reading (collect_norms)": e2e_init,
-               "inference + reading (score_folder)": lambda: score_folder(
-                   fr, root, selected, bs, paths=paths, num_workers=nw),
-               "inference + emb. + reading": lambda: score_folder(
-                   fr, root, selected, bs, paths=paths, save_embeddings=True, num_workers=nw)}
+               "inference + reading (froq_qualities)": lambda: froq_qualities(
+                   fr, root, selected, batch_size=bs, paths=paths, num_workers=nw),
+               "inference + emb. + reading": lambda: froq_qualities(
+                   fr, root, selected, batch_size=bs, paths=paths, save_embeddings=True, num_workers=nw)}
         e2e_times = time_rows(e2e, reps, device)
         e2e_rows = summarise(e2e_times, {k: n for k in e2e},
                              {"forward + reading": "1", "init + reading (collect_norms)": "1",
-                              "inference + reading (score_folder)": "<=1",
+                              "inference + reading (froq_qualities)": "<=1",
                               "inference + emb. + reading": "1"}, "forward + reading")
 
     machine = machine_info(device)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from froq.core.errors import FroqError
-from froq.core.batches import iterate_folder
 from froq.core.images import FailureLog
+from froq.core.runner import run_images
 from froq.core.io import read_csv, read_json, sha256_file, write_csv, write_json, write_npy
 
 from evaluation.pair_protocols import PairProtocol, normalise_rel_path
@@ -160,25 +160,32 @@ def compute_embeddings(fr, root: Path, rel_paths: Sequence[str], batch_size: int
     (pairs are never silently dropped).
     """
     rel_paths = list(rel_paths)
-    index = {p: i for i, p in enumerate(rel_paths)}
-    out: np.ndarray | None = None
     failures = FailureLog("evaluation")
-    for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=rel_paths,
-                                              failures=failures, num_workers=num_workers,
-                                              device=fr.device, desc=desc):
-        emb = fr.embed(images).numpy()
-        if out is None:
-            out = np.zeros((len(rel_paths), emb.shape[1]), dtype=np.float32)
-        out[[index[p] for p in batch_paths]] = emb
+
+    def batch_fn(_paths: list[str], images: torch.Tensor) -> torch.Tensor:
+        return fr.embed(images)
+
+    result = run_images(root, batch_fn, ["embedding"] * fr_embedding_dim(fr), preprocess=fr.preprocess,
+                        device=fr.device, batch_size=batch_size, paths=rel_paths,
+                        num_workers=num_workers, failures=failures, desc=desc, allow_empty=True)
     if failures.items:
         raise FroqError(f"{root}: {failures.summary()} — every image of the benchmark's pairs must be "
                         "readable; fix or replace these files")
-    if out is None:
+    if not len(result):
         raise FroqError(f"{root}: no image could be embedded")
+    out = result.values.astype(np.float32)
     if not np.all(np.isfinite(out)):
         bad = [rel_paths[i] for i in np.flatnonzero(~np.isfinite(out).all(axis=1))[:5]]
         raise FroqError(f"{root}: the FR model produced non-finite embeddings for e.g. {', '.join(bad)}")
     return out
+
+
+def fr_embedding_dim(fr) -> int:
+    """Length of ``fr``'s embedding (known after the load-time check, else one blank forward)."""
+    if fr.embedding_dim is None:
+        h, w = fr.preprocess.size
+        fr.embedding_dim = int(fr.embed(torch.zeros(1, 3, h, w)).shape[1])
+    return fr.embedding_dim
 
 
 def protocol_embeddings(fr, protocol: PairProtocol, cache_dir: str | os.PathLike | None,

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from face_recognition_model.loading import FRModel
-from froq.core.batches import iterate_folder
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
-from froq.core.images import FailureLog, list_images
-from froq.core.io import RowLog, discard_partial, read_json, write_csv, write_json, write_npy
-from froq.core.stage import COMMON_KEYS, no_readable_images, output_path
+from froq.core.images import FailureLog
+from froq.core.io import read_json, write_csv, write_npy
+from froq.core.runner import RunResult, finish_stage, run_images
+from froq.core.stage import COMMON_KEYS, output_path
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder
 
@@ -84,58 +84,43 @@ def embedding_dim(fr: FRModel) -> int:
     return int(out.reshape(1, -1).shape[1])
 
 
-def score_folder(fr: FRModel, root: str | Path, layers: Sequence[str], batch_size: int = 32,
-                 paths: Sequence[str] | None = None, early_exit: bool = True,
-                 save_embeddings: bool = False, num_workers: int = 0, autocast: bool = True,
-                 resume_path: str | Path | None = None,
-                 failures: FailureLog | None = None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """FROQ qualities of the images of ``root``.
+def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str], *, batch_size: int = 32,
+                   paths: Sequence[str] | None = None, early_exit: bool = True,
+                   save_embeddings: bool = False, num_workers: int = 0, autocast: bool = True,
+                   resume_path: str | Path | None = None,
+                   failures: FailureLog | None = None) -> RunResult:
+    """FROQ qualities of the images of ``root``: mean L2 norm of ``layers``, one forward per image.
 
     In: FR model, folder (or explicit relative ``paths``), selected layer names, batch size,
     early exit (ignored when embeddings are wanted), and optionally ``resume_path`` (the output CSV;
     finished rows are kept in ``<path>.partial``).
-    Out: (paths in folder order, (N,) float64 qualities, (N, D) float32 embeddings or None).
+    Out: ``RunResult`` in folder order with column ``quality`` (float64, higher = better) and, with
+    ``save_embeddings``, the FR embedding of the same pass in columns ``e0 .. e{D-1}``.
     """
-    paths = list(paths) if paths is not None else list_images(root)
-    if not paths:
-        raise FroqError(f"{root}: no images found (.jpg .jpeg .png .bmp .webp, searched recursively)")
     dim = embedding_dim(fr) if save_embeddings else 0
-    header = ["path", "quality"] + [f"e{i}" for i in range(dim)]
-    rowlog = None
-    if resume_path is not None:
-        rowlog = RowLog(resume_path, header, {"stage": "inference", "model": fr.identity(),
-                                              "layers": list(layers), "root": str(root),
-                                              "embeddings": dim,
-                                              "autocast": autocast and fr.device.type == "cuda"})
-    done: dict[str, list[float]] = {}
-    if rowlog:
-        done = {p: [float(v) for v in row[1:]] for p, row in rowlog.done.items()}
+    columns = ["quality"] + [f"e{i}" for i in range(dim)]
+    key = {"stage": "inference", "model": fr.identity(), "layers": list(layers), "root": str(root),
+           "embeddings": dim, "autocast": autocast and fr.device.type == "cuda"}
     stop_early = early_exit and not save_embeddings
-    with NormRecorder(fr.network, layers, early_exit=stop_early) as recorder:
-        with torch.no_grad(), autocast_context(fr.device, autocast):
-            for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,
-                                                      done=set(done), failures=failures,
-                                                      num_workers=num_workers, device=fr.device,
-                                                      desc="FROQ quality"):
-                out = recorder.run(fr.network, images)
-                norms = recorder.norms()
-                if np.isnan(norms).any():
-                    bad = [layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
-                    raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
-                                    "this model: the observer file does not belong to it")
-                quality = norms.mean(axis=1)
-                emb = out.float().reshape(len(batch_paths), -1).cpu().numpy() if save_embeddings else None
-                rows = [[p, quality[i]] + (emb[i].tolist() if emb is not None else [])
-                        for i, p in enumerate(batch_paths)]
-                if rowlog:
-                    rowlog.append(rows)
-                for r in rows:
-                    done[r[0]] = [float(v) for v in r[1:]]
-    read = [p for p in paths if p in done]
-    qualities = np.array([done[p][0] for p in read], dtype=np.float64)
-    embeddings = (np.array([done[p][1:] for p in read], dtype=np.float32).reshape(len(read), dim)
-                  if save_embeddings else None)
-    return read, qualities, embeddings
+    with NormRecorder(fr.network, layers, early_exit=stop_early) as recorder, torch.no_grad(), \
+            autocast_context(fr.device, autocast):
+        def batch_fn(_paths: list[str], images: torch.Tensor) -> np.ndarray:
+            out = recorder.run(fr.network, images)
+            norms = recorder.norms()
+            if np.isnan(norms).any():
+                bad = [layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
+                raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
+                                "this model: the observer file does not belong to it")
+            quality = norms.mean(axis=1, keepdims=True)
+            if not save_embeddings:
+                return quality
+            emb = out.float().reshape(images.shape[0], -1).cpu().numpy().astype(np.float64)
+            return np.concatenate([quality, emb], axis=1)
+
+        return run_images(root, batch_fn, columns, preprocess=fr.preprocess, device=fr.device,
+                          batch_size=batch_size, paths=paths, num_workers=num_workers,
+                          resume_path=resume_path, settings=key, failures=failures,
+                          desc="FROQ quality")
 
 
 def main(argv=None) -> None:
@@ -155,28 +140,21 @@ def main(argv=None) -> None:
     out = output_path(cfg["outpath"], "qualities.csv")
     failures = FailureLog("inference")
     start = time.perf_counter()
-    paths, qualities, embeddings = score_folder(
+    result = froq_qualities(
         fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
         early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
         num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
-    if not paths:
-        raise FroqError(no_readable_images(cfg["target_dataset"], failures))
-    write_csv(out, ["path", "quality"], zip(paths, qualities.tolist()))
-    if embeddings is not None:
+    write_csv(out, ["path", "quality"], zip(result.paths, result.column("quality").tolist()))
+    extra = ""
+    if cfg["save_embeddings"]:
         stem = out.with_suffix("")
-        write_npy(f"{stem}.embeddings.npy", embeddings)
-        write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(paths))
-    write_json(out.with_suffix(".meta.json"), {
-        "stage": "inference", "model": fr.identity(), "observer": cfg["observer_data"],
-        "selected_layers": obs["selected_layers"], "images": len(paths), "config": public(cfg),
-        "unreadable": [{"path": p, "reason": r} for p, r in failures.items]})
-    discard_partial(out)
-    elapsed = time.perf_counter() - start
-    log.info("%d images scored in %.1f s (%.1f img/s); %s", len(paths), elapsed,
-             len(paths) / max(elapsed, 1e-9), failures.summary())
-    print(f"qualities: {out} ({len(paths)} images; {failures.summary()})"
-          + (f"; embeddings: {out.with_suffix('')}.embeddings.npy" if embeddings is not None else ""))
-
+        write_npy(f"{stem}.embeddings.npy", result.values[:, 1:].astype(np.float32))
+        write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(result.paths))
+        extra = f"; embeddings: {stem}.embeddings.npy"
+    finish_stage(out, "inference", label="qualities", images=len(result), failures=failures,
+                 started=start, extra=extra,
+                 meta={"model": fr.identity(), "observer": cfg["observer_data"],
+                       "selected_layers": obs["selected_layers"], "config": public(cfg)})
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

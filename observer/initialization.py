@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from face_recognition_model.loading import FRModel
-from froq.core.batches import iterate_folder
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, list_images
-from froq.core.io import RowLog, discard_partial, read_quality_csv, write_json
+from froq.core.io import read_quality_csv, write_json
+from froq.core.runner import finish_stage, run_images
 from froq.core.stage import COMMON_KEYS, output_path
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder, observable_layers
@@ -84,30 +84,19 @@ def collect_norms(fr: FRModel, root: str | Path, paths: Sequence[str], batch_siz
     layer did not fire or gave no batch tensor). Unreadable images go to ``failures``.
     """
     layers = observable_layers(fr.network)
-    rowlog = None
-    if resume_path is not None:
-        rowlog = RowLog(resume_path, ["path"] + layers,
-                        {"stage": "observer_init", "model": fr.identity(), "root": str(root),
-                         "autocast": autocast and fr.device.type == "cuda"})
-    done: dict[str, np.ndarray] = {}
-    if rowlog:
-        for p, row in rowlog.done.items():
-            done[p] = np.array([float(v) for v in row[1:]], dtype=np.float64)
-    with NormRecorder(fr.network, layers) as recorder:
-        with torch.no_grad(), autocast_context(fr.device, autocast):
-            for batch_paths, images in iterate_folder(root, fr.preprocess, batch_size, paths=paths,
-                                                      done=set(done), failures=failures,
-                                                      num_workers=num_workers, device=fr.device,
-                                                      desc="observer init"):
-                recorder.run(fr.network, images)
-                norms = recorder.norms()
-                if rowlog:
-                    rowlog.append([[p, *norms[i]] for i, p in enumerate(batch_paths)])
-                for i, p in enumerate(batch_paths):
-                    done[p] = norms[i]
-    read = [p for p in paths if p in done]
-    matrix = np.stack([done[p] for p in read]) if read else np.zeros((0, len(layers)))
-    return layers, read, matrix
+    key = {"stage": "observer_init", "model": fr.identity(), "root": str(root),
+           "autocast": autocast and fr.device.type == "cuda"}
+    with NormRecorder(fr.network, layers) as recorder, torch.no_grad(), \
+            autocast_context(fr.device, autocast):
+        def batch_fn(_paths: list[str], images: torch.Tensor) -> np.ndarray:
+            recorder.run(fr.network, images)
+            return recorder.norms()
+
+        result = run_images(root, batch_fn, layers, preprocess=fr.preprocess, device=fr.device,
+                            batch_size=batch_size, paths=paths, num_workers=num_workers,
+                            resume_path=resume_path, settings=key, failures=failures,
+                            desc="observer init", allow_empty=True)
+    return layers, result.paths, result.values
 
 
 def select_layers(layers: Sequence[str], norms: np.ndarray, labels: np.ndarray, top_n: int = 10) -> dict:
@@ -186,12 +175,11 @@ def main(argv=None) -> None:
               **record, "config": public(cfg),
               "unreadable": [{"path": p, "reason": r} for p, r in failures.items]}
     write_json(out, result)
-    discard_partial(out)
     best = result["greedy"][len(result["selected_layers"]) - 1]["spearman"]
-    log.info("observer initialised in %.1f s; %s", time.perf_counter() - start, failures.summary())
-    print(f"observer: {out} ({result['calibration']['images']} calibration images; selected "
-          f"{', '.join(result['selected_layers'])}; Spearman {best:.4f}; {failures.summary()})")
-
+    finish_stage(out, "observer_init", label="observer init", images=result["calibration"]["images"],
+                 failures=failures, started=start, meta=None,  # the observer JSON is its own record
+                 line=f"observer: {out} ({result['calibration']['images']} calibration images; selected "
+                      f"{', '.join(result['selected_layers'])}; Spearman {best:.4f}; {failures.summary()})")
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -26,3 +26,14 @@ def run_in_process(main, argv) -> None:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def froq_scores(fr, root, layers, **kwargs):
+    """``observer.inference.froq_qualities`` as ``(paths, qualities, embeddings or None)``."""
+    import numpy as np
+
+    from observer.inference import froq_qualities
+
+    result = froq_qualities(fr, root, layers, **kwargs)
+    emb = result.values[:, 1:].astype(np.float32) if kwargs.get("save_embeddings") else None
+    return result.paths, result.column("quality"), emb

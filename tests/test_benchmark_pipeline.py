@@ -21,7 +21,7 @@ ROWS = ["forward (plain)", "labels (stage 1, PseudoLabeler.score)", "label: refe
         "label: flip", "label: noise", "label: occlusion", "init (stage 2, all layers + select)",
         "inference, early exit", "inference, no early exit", "inference + embeddings"]
 E2E_ROWS = ["forward + reading", "init + reading (collect_norms)",
-            "inference + reading (score_folder)", "inference + emb. + reading"]
+            "inference + reading (froq_qualities)", "inference + emb. + reading"]
 
 
 @register_model("test_bench_tiny")

@@ -28,7 +28,7 @@ from face_recognition_model.registry import register_model
 from froq.core.errors import FroqError
 from froq.core.images import Preprocess
 from observer.hooks import NormRecorder
-from observer.inference import score_folder
+from stage_helpers import froq_scores
 from observer.initialization import collect_norms, initialize_observer, select_layers
 from observer.selection import (alias_groups, greedy_selection, layer_utilities, spearman,
                                 top_candidates)
@@ -300,7 +300,7 @@ def test_early_exit_gives_same_qualities_and_skips_deep_modules(data, brute, lay
         fr = tiny_fr()
         deep = count_calls(fr.network, "deep.0")
         head = count_calls(fr.network, "head")
-        got_paths, q, emb = score_folder(fr, root, layers, batch_size=BATCH, early_exit=early)
+        got_paths, q, emb = froq_scores(fr, root, layers, batch_size=BATCH, early_exit=early)
         assert got_paths == paths and emb is None
         results[early] = q
         batches = math.ceil(N_IMAGES / BATCH)
@@ -320,7 +320,7 @@ def test_early_exit_waits_for_the_last_call_of_a_module_called_twice(data, brute
     fr = tiny_fr()
     pair_calls = count_calls(fr.network, "pair")
     deep_calls = count_calls(fr.network, "deep")
-    _, q, _ = score_folder(fr, root, ["act"], batch_size=BATCH, early_exit=True)
+    _, q, _ = froq_scores(fr, root, ["act"], batch_size=BATCH, early_exit=True)
     assert len(pair_calls) == math.ceil(N_IMAGES / BATCH)
     assert len(deep_calls) == 1
     assert np.allclose(q, brute[:, LAYERS.index("act")], rtol=1e-5)
@@ -330,17 +330,17 @@ def test_selected_layer_without_output_is_refused(data):
     root, _, _, _ = data
     for bad in (["unused"], ["pair"], ["stem.0", "unused"]):
         with pytest.raises(FroqError, match="produced no output"):
-            score_folder(tiny_fr(), root, bad, batch_size=BATCH)
+            froq_scores(tiny_fr(), root, bad, batch_size=BATCH)
     with pytest.raises(FroqError, match="not found in the model"):
-        score_folder(tiny_fr(), root, ["nope"], batch_size=BATCH)
+        froq_scores(tiny_fr(), root, ["nope"], batch_size=BATCH)
 
 
 def test_embeddings_are_the_direct_output_in_row_order(data):
     root, _, paths, _ = data
     layers = ["stem.1", "deep.1"]
     fr = tiny_fr()
-    got_paths, q_emb, emb = score_folder(fr, root, layers, batch_size=BATCH, save_embeddings=True)
-    _, q_plain, none = score_folder(tiny_fr(), root, layers, batch_size=BATCH, early_exit=True)
+    got_paths, q_emb, emb = froq_scores(fr, root, layers, batch_size=BATCH, save_embeddings=True)
+    _, q_plain, none = froq_scores(tiny_fr(), root, layers, batch_size=BATCH, early_exit=True)
     assert none is None and got_paths == paths
     assert np.array_equal(q_emb, q_plain)
     with torch.no_grad():

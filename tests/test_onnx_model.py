@@ -17,7 +17,7 @@ from face_recognition_model.loading import load_fr_model
 from froq.core.errors import FroqError
 from froq.core.io import write_csv
 from observer.hooks import NormRecorder, observable_layers
-from observer.inference import score_folder
+from stage_helpers import froq_scores
 from observer.initialization import initialize_observer
 
 pytest.importorskip("onnx2torch")
@@ -198,13 +198,13 @@ def test_pipeline_end_to_end(exported, tmp_path, face_folder):
     rows = compute_pseudo_labels(fr, face_folder, batch_size=5, mpx=8, noise_count=4)
     assert len(rows) == 12
     labels = tmp_path / "labels.csv"
-    write_csv(labels, ["path", "quality"], [(r["path"], r["quality"]) for r in rows])
+    write_csv(labels, ["path", "quality"], zip(rows.paths, rows.column("quality")))
     record = initialize_observer(fr, face_folder, labels, batch_size=5, top_n=4)
     assert record["images"] == 12 and record["selected_layers"]
     assert "initializers" in record["never_called"]  # the constant container never fires
-    names, q, emb = score_folder(fr, face_folder, record["selected_layers"], batch_size=5)
+    names, q, emb = froq_scores(fr, face_folder, record["selected_layers"], batch_size=5)
     assert len(names) == 12 and np.isfinite(q).all() and (q > 0).all() and emb is None
-    names2, q2, emb2 = score_folder(fr, face_folder, record["selected_layers"], batch_size=4,
+    names2, q2, emb2 = froq_scores(fr, face_folder, record["selected_layers"], batch_size=4,
                                     early_exit=False, save_embeddings=True)
     assert names2 == names and np.allclose(q2, q, rtol=1e-5) and emb2.shape == (12, 24)
 

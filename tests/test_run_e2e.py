@@ -173,7 +173,7 @@ def test_froq_method_matches_inference(tmp_path):
     from baselineFIQA.score import main as score_main
     from face_recognition_model.loading import load_fr_model
     from froq.core.errors import FroqError
-    from observer.inference import score_folder
+    from stage_helpers import froq_scores
 
     faces = tmp_path / "faces"
     rels = _random_faces(faces, 5)
@@ -186,7 +186,7 @@ def test_froq_method_matches_inference(tmp_path):
         f"face_recognition_config={FR_CFG}", f"target_dataset={faces}", "device=cpu",
         f"outpath={out}", f"methods.froq.observer={observer}", "batch_size=2"])])
     got = read_csv_column(out)
-    paths, expected, _ = score_folder(fr, faces, layers, batch_size=4)
+    paths, expected, _ = froq_scores(fr, faces, layers, batch_size=4)
     assert paths == rels and sorted(got) == rels
     np.testing.assert_allclose([got[p] for p in paths], expected, rtol=1e-5)
 

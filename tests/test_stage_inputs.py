@@ -511,10 +511,10 @@ def test_labels_resume_reuses_partial_rows_and_discards_other_settings(tiny, mon
     assert not out.exists() and not out.with_suffix(".meta.json").exists()  # nothing half-written
     partial = Path(str(out) + ".partial")
     stamp, rows = read_partial(partial)
-    assert stamp.startswith("# froq-partial ") and rows[0] == list(labels_mod.COLUMNS)
+    assert stamp.startswith("# froq-partial ") and rows[0] == ["path", "file", *labels_mod.COLUMNS[1:]]
     assert [r[0] for r in rows[1:]] == names[:2]
-    assert float(rows[1][4]) == pytest.approx(float(ref[names[0]]["quality"]), abs=1e-6)
-    rows[1][4] = SENTINEL  # plant a value nobody would compute
+    assert float(rows[1][5]) == pytest.approx(float(ref[names[0]]["quality"]), abs=1e-6)
+    rows[1][5] = SENTINEL  # plant a value nobody would compute
     write_partial(partial, stamp, rows)
     planted = partial.read_bytes()
 
@@ -551,8 +551,8 @@ def test_inference_resume_reuses_partial_rows_and_discards_other_settings(tiny, 
     assert not out.exists() and not out.with_suffix(".meta.json").exists()
     partial = Path(str(out) + ".partial")
     stamp, rows = read_partial(partial)
-    assert rows[0] == ["path", "quality"] and [r[0] for r in rows[1:]] == names[:4]
-    rows[2][1] = SENTINEL
+    assert rows[0] == ["path", "file", "quality"] and [r[0] for r in rows[1:]] == names[:4]
+    rows[2][2] = SENTINEL
     write_partial(partial, stamp, rows)
     planted = partial.read_bytes()
 

@@ -200,14 +200,16 @@ def run_images(root: str | Path, batch_fn: BatchFn, columns: Sequence[str], *,
 
 def finish_stage(out: str | Path, stage: str, *, images: int, failures: FailureLog,
                  started: float, meta: Mapping | None = None, meta_path: str | Path | None = None,
-                 extra: str = "") -> None:
+                 label: str | None = None, extra: str = "", line: str | None = None) -> None:
     """The stage ending, after the stage wrote its output ``out`` (atomically).
 
-    In: the output path, the stage's name, how many images it used, its FailureLog, the
+    In: the output path, the stage's name (``stage`` in the meta JSON; ``label`` starts the summary
+    line, default the name), how many images it used, its FailureLog, the
     ``time.perf_counter()`` of its start, and provenance ``meta`` (model identity, config, ...)
     written with the common fields to ``meta_path`` (default ``<out>.meta.json``; ``meta=None``
     writes none, for outputs that carry their own provenance). Drops ``<out>.partial``, logs the
-    timing and prints one summary line ``<stage>: <out> (N images; unreadable ...)<extra>``.
+    timing and prints one summary line ``<label>: <out> (N images; unreadable ...)<extra>``
+    (or ``line``, a stage's own summary).
     """
     out = Path(out)
     seconds = time.perf_counter() - started
@@ -216,6 +218,7 @@ def finish_stage(out: str | Path, stage: str, *, images: int, failures: FailureL
             "stage": stage, **meta, "images": images, "seconds": round(seconds, 3),
             "unreadable": [{"path": p, "reason": r} for p, r in failures.items]})
     discard_partial(out)
-    log.info("%s: %d images in %.1f s (%.1f img/s); %s", stage, images, seconds,
+    label = label or stage
+    log.info("%s: %d images in %.1f s (%.1f img/s); %s", label, images, seconds,
              images / max(seconds, 1e-9), failures.summary())
-    print(f"{stage}: {out} ({images} images; {failures.summary()}){extra}")
+    print(line or f"{label}: {out} ({images} images; {failures.summary()}){extra}")
