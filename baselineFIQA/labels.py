@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from baselineFIQA import perturbations
 from face_recognition_model.loading import FRModel
 from froq.core.device import autocast_context
+from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 from froq.core.runner import RunResult, run_images
 
@@ -126,7 +128,14 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
     key = {"stage": "pseudo_labels", "model": fr.identity(), "root": str(root),
            # forward_batch is a speed knob: not part of the key
            "settings": {k: v for k, v in settings.__dict__.items() if k != "forward_batch"}}
-    return run_images(root, batch_fn, COLUMNS[1:], preprocess=fr.preprocess, device=fr.device,
-                      batch_size=batch_size, paths=paths, num_workers=num_workers,
-                      resume_path=resume_path, settings=key, failures=failures,
-                      desc="pseudo-labels")
+    result = run_images(root, batch_fn, COLUMNS[1:], preprocess=fr.preprocess, device=fr.device,
+                        batch_size=batch_size, paths=paths, num_workers=num_workers,
+                        resume_path=resume_path, settings=key, failures=failures,
+                        desc="pseudo-labels")
+    bad = ~np.isfinite(result.values).all(axis=1)
+    if bad.any():
+        first = result.paths[int(np.flatnonzero(bad)[0])]
+        raise FroqError(f"{root}: {int(bad.sum())} pseudo-label(s) are not finite numbers (e.g. {first}): "
+                        f"the FR model ({fr.weights or fr.arch}) gives non-finite embeddings; "
+                        "nothing was written")
+    return result

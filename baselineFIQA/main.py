@@ -16,9 +16,9 @@ from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, float_list, load_config, positive_int, public, int_or_auto
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
-from froq.core.io import write_csv
+from froq.core.io import output_lock, write_csv
 from froq.core.runner import finish_stage
-from froq.core.stage import COMMON_KEYS, check_image_size, output_path
+from froq.core.stage import COMMON_KEYS, check_image_size, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 
 log = logging.getLogger("baselineFIQA")
@@ -40,7 +40,7 @@ SCHEMA = {
 
 def main(argv=None) -> None:
     """Parse arguments, compute the pseudo-labels, write the CSV (atomically) and a summary."""
-    args = stage_parser(__doc__.splitlines()[1]).parse_args(argv)
+    args = stage_parser(__doc__.splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
     fr = fr_from_stage_config(cfg)
@@ -50,15 +50,20 @@ def main(argv=None) -> None:
         raise FroqError(f"{cfg['_source']}: dataset.mpx: the occlusion cell ({ds['mpx']} px) is larger "
                         f"than the model input {list(fr.preprocess.size)}: use e.g. 14 for 112 px")
     out = output_path(cfg["outpath"], "labels.csv")
-    failures = FailureLog("pseudo-labels")
-    start = time.perf_counter()
-    result = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
-                                   mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
-                                   noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
-                                   resume_path=out, failures=failures)
-    write_csv(out, COLUMNS, result.rows())
-    finish_stage(out, "pseudo_labels", label="pseudo-labels", images=len(result), failures=failures, started=start,
-                 meta={"model": fr.identity(), "config": public(cfg)})
+    refuse_overwriting_inputs(out, cfg["_source"], files={"face_recognition_config": cfg["face_recognition_config"],
+                                                          "the stage config": cfg["_source"]},
+                              folders={"dataset.path": ds["path"]})
+    with output_lock(out):
+        failures = FailureLog("pseudo-labels")
+        start = time.perf_counter()
+        result = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
+                                       mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
+                                       noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
+                                       resume_path=out, failures=failures)
+        write_csv(out, COLUMNS, result.rows())
+        finish_stage(out, "pseudo_labels", label="pseudo-labels", images=len(result), failures=failures,
+                     started=start, meta={"model": fr.identity(), "config": public(cfg)})
+
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

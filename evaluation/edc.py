@@ -195,3 +195,8 @@ def evaluate_edc(genuine_scores, threshold: float, genuine_quality, limit: float
     norm = area / (limit * f0) if f0 > 0 else float("nan")
     return EdcResult(pauc=area, pauc_norm=norm, fnmr0=f0, n_false_nonmatch=int(errors.sum()),
                      n_genuine=int(scores.size), curve=curve)
+
+
+def fmr_key(fmr: float) -> str:
+    """The key of an FMR in ``by_fmr`` and file names, e.g. ``0.001``."""
+    return format(fmr, "g")

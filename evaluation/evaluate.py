@@ -19,7 +19,8 @@ import numpy as np
 from froq.core.errors import FroqError
 from froq.core.io import write_json
 
-from evaluation import edc
+from evaluation import edc, reporting
+from evaluation.edc import fmr_key
 from evaluation.comparison_scores import protocol_scores, read_scores_csv, write_scores_csv
 from evaluation.pair_protocols import (PairProtocol, read_insightface_bin, read_lfw_pairs, read_pairs_csv,
                                        read_xqlfw)
@@ -148,11 +149,6 @@ def load_protocol(entry: BenchmarkEntry, outdir: Path) -> PairProtocol:
     return read_insightface_bin(o["path"], export, name=entry.name)
 
 
-def fmr_key(fmr: float) -> str:
-    """The key of an FMR in ``by_fmr`` and file names, e.g. ``0.001``."""
-    return format(fmr, "g")
-
-
 @dataclass
 class CurveRows:
     """Rows of ``curves.csv``: (benchmark, model, fmr, method, discard_fraction, fnmr)."""
@@ -229,7 +225,6 @@ def run_evaluation(cfg: dict) -> dict:
 
     Out: ``{benchmark: {model: {method: metrics}}}`` as written to ``results.json``.
     """
-    from evaluation import reporting
 
     source = cfg.get("_source", "evaluation config")
     outdir = Path(cfg["outdir"])

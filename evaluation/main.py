@@ -55,7 +55,7 @@ SCHEMA = {
 
 def main(argv=None) -> dict:
     """Parse arguments, run the evaluation, print the table; returns the results mapping."""
-    args = stage_parser(__doc__.strip().splitlines()[0]).parse_args(argv)
+    args = stage_parser(__doc__.strip().splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
     from evaluation.evaluate import run_evaluation

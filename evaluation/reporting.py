@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from evaluation.edc import fmr_key
 from froq.core.io import atomic_open, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ def write_outputs(outdir: Path, results: Mapping, curve_rows: list, run_info: Ma
                   benches: Sequence[str], models: Sequence[str], methods: Sequence[str],
                   fmrs: Sequence[float], limit: float) -> None:
     """Write results.json, run.json, table.md, table.csv and curves.csv into ``outdir`` (atomic)."""
-    from evaluation.evaluate import fmr_key
 
     write_json(outdir / "results.json", results)
     write_json(outdir / "run.json", run_info)

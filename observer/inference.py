@@ -25,9 +25,9 @@ from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
-from froq.core.io import read_json, write_csv, write_npy
+from froq.core.io import output_lock, read_json, write_csv, write_npy
 from froq.core.runner import RunResult, finish_stage, run_images
-from froq.core.stage import COMMON_KEYS, output_path
+from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder
 
@@ -84,6 +84,45 @@ def embedding_dim(fr: FRModel) -> int:
     return int(out.reshape(1, -1).shape[1])
 
 
+class QualityObserver:
+    """Context manager: hooks on the selected ``layers`` of ``fr``; call it on batches of model inputs.
+
+    ``observe(images)`` → (B, 1 + D) float64: column 0 the FROQ quality (mean L2 norm of the
+    selected layers' outputs, higher = better), then the FR embedding of the same pass when
+    ``embeddings`` (D = 0 otherwise). With ``early_exit`` (and no embeddings) each forward stops
+    once every selected layer has fired. fp16 autocast on CUDA when ``autocast``.
+    """
+
+    def __init__(self, fr: FRModel, layers: Sequence[str], *, early_exit: bool = True,
+                 embeddings: bool = False, autocast: bool = True) -> None:
+        self.fr = fr
+        self.layers = list(layers)
+        self.embeddings = embeddings
+        self.autocast = autocast
+        self.recorder = NormRecorder(fr.network, self.layers, early_exit=early_exit and not embeddings)
+
+    def __enter__(self) -> "QualityObserver":
+        self.recorder.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.recorder.__exit__(*exc)
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad(), autocast_context(self.fr.device, self.autocast):
+            out = self.recorder.run(self.fr.network, images.to(self.fr.device))
+        norms = self.recorder.norms()
+        if np.isnan(norms).any():
+            bad = [self.layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
+            raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
+                            "this model: the observer file does not belong to it")
+        quality = norms.mean(axis=1, keepdims=True)
+        if not self.embeddings:
+            return quality
+        emb = out.float().reshape(images.shape[0], -1).cpu().numpy().astype(np.float64)
+        return np.concatenate([quality, emb], axis=1)
+
+
 def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str], *, batch_size: int = 32,
                    paths: Sequence[str] | None = None, early_exit: bool = True,
                    save_embeddings: bool = False, num_workers: int = 0, autocast: bool = True,
@@ -101,31 +140,17 @@ def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str], *, batc
     columns = ["quality"] + [f"e{i}" for i in range(dim)]
     key = {"stage": "inference", "model": fr.identity(), "layers": list(layers), "root": str(root),
            "embeddings": dim, "autocast": autocast and fr.device.type == "cuda"}
-    stop_early = early_exit and not save_embeddings
-    with NormRecorder(fr.network, layers, early_exit=stop_early) as recorder, torch.no_grad(), \
-            autocast_context(fr.device, autocast):
-        def batch_fn(_paths: list[str], images: torch.Tensor) -> np.ndarray:
-            out = recorder.run(fr.network, images)
-            norms = recorder.norms()
-            if np.isnan(norms).any():
-                bad = [layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
-                raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
-                                "this model: the observer file does not belong to it")
-            quality = norms.mean(axis=1, keepdims=True)
-            if not save_embeddings:
-                return quality
-            emb = out.float().reshape(images.shape[0], -1).cpu().numpy().astype(np.float64)
-            return np.concatenate([quality, emb], axis=1)
-
-        return run_images(root, batch_fn, columns, preprocess=fr.preprocess, device=fr.device,
-                          batch_size=batch_size, paths=paths, num_workers=num_workers,
-                          resume_path=resume_path, settings=key, failures=failures,
-                          desc="FROQ quality")
+    with QualityObserver(fr, layers, early_exit=early_exit, embeddings=save_embeddings,
+                         autocast=autocast) as observe:
+        return run_images(root, lambda _paths, images: observe(images), columns,
+                          preprocess=fr.preprocess, device=fr.device, batch_size=batch_size,
+                          paths=paths, num_workers=num_workers, resume_path=resume_path,
+                          settings=key, failures=failures, desc="FROQ quality")
 
 
 def main(argv=None) -> None:
     """Parse arguments, score the target folder, write the CSV (and embeddings) atomically."""
-    args = stage_parser(__doc__.splitlines()[1]).parse_args(argv)
+    args = stage_parser(__doc__.splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
     obs = read_observer(cfg["observer_data"])
@@ -138,23 +163,32 @@ def main(argv=None) -> None:
                         f"in {fr.arch}: the observer file belongs to another FR model; re-run "
                         "observer/initialization.py with this FR config")
     out = output_path(cfg["outpath"], "qualities.csv")
-    failures = FailureLog("inference")
-    start = time.perf_counter()
-    result = froq_qualities(
-        fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
-        early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
-        num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
-    write_csv(out, ["path", "quality"], zip(result.paths, result.column("quality").tolist()))
-    extra = ""
+    refuse_overwriting_inputs(out, cfg["_source"], files={"observer_data": cfg["observer_data"],
+                                                          "face_recognition_config": cfg["face_recognition_config"],
+                                                          "the stage config": cfg["_source"]},
+                              folders={"target_dataset": cfg["target_dataset"]})
+    stem = out.with_suffix("")
     if cfg["save_embeddings"]:
-        stem = out.with_suffix("")
-        write_npy(f"{stem}.embeddings.npy", result.values[:, 1:].astype(np.float32))
-        write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(result.paths))
-        extra = f"; embeddings: {stem}.embeddings.npy"
-    finish_stage(out, "inference", label="qualities", images=len(result), failures=failures,
-                 started=start, extra=extra,
-                 meta={"model": fr.identity(), "observer": cfg["observer_data"],
-                       "selected_layers": obs["selected_layers"], "config": public(cfg)})
+        refuse_overwriting_inputs(f"{stem}.embeddings.npy", cfg["_source"],
+                                  files={"observer_data": cfg["observer_data"]},
+                                  folders={"target_dataset": cfg["target_dataset"]})
+    with output_lock(out):
+        failures = FailureLog("inference")
+        start = time.perf_counter()
+        result = froq_qualities(
+            fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
+            early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
+            num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
+        write_csv(out, ["path", "quality"], zip(result.paths, result.column("quality").tolist()))
+        extra = ""
+        if cfg["save_embeddings"]:
+            write_npy(f"{stem}.embeddings.npy", result.values[:, 1:].astype(np.float32))
+            write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(result.paths))
+            extra = f"; embeddings: {stem}.embeddings.npy"
+        finish_stage(out, "inference", label="qualities", images=len(result), failures=failures,
+                     started=start, extra=extra,
+                     meta={"model": fr.identity(), "observer": cfg["observer_data"],
+                           "selected_layers": obs["selected_layers"], "config": public(cfg)})
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

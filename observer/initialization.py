@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,9 @@ from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, list_images
-from froq.core.io import read_quality_csv, write_json
+from froq.core.io import output_lock, read_json, read_quality_csv, write_json
 from froq.core.runner import finish_stage, run_images
-from froq.core.stage import COMMON_KEYS, output_path
+from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder, observable_layers
 from observer.selection import alias_groups, greedy_selection, layer_utilities, top_candidates
@@ -126,19 +126,42 @@ def select_layers(layers: Sequence[str], norms: np.ndarray, labels: np.ndarray, 
     }
 
 
-def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path, batch_size: int = 32,
-                        top_n: int = 10, label_column: str = "quality", num_workers: int = 0,
-                        autocast: bool = True, resume_path: str | Path | None = None,
+def check_labels_model(label_file: str | Path, fr: FRModel) -> None:
+    """FroqError when the pseudo-labels beside ``<labels>.meta.json`` were computed with another FR
+    model (architecture, weights or preprocessing) than ``fr``: the observer would learn what
+    another network finds unstable. Label files without that record are taken as they are."""
+    meta_path = Path(label_file).with_suffix(".meta.json")
+    if not meta_path.is_file():
+        return
+    model = (read_json(meta_path) or {}).get("model") or {}
+    mine = fr.identity()
+    for key in ("arch", "weights_sha256", "preprocess"):
+        if model.get(key) is not None and mine.get(key) is not None and model[key] != mine[key]:
+            raise FroqError(f"{label_file}: these pseudo-labels were computed with another FR model "
+                            f"({key} {model[key]!r}, here {mine[key]!r}; see {meta_path.name}): "
+                            "compute the labels with this FR config")
+
+
+def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | Mapping[str, float],
+                        batch_size: int = 32, top_n: int = 10, label_column: str = "quality",
+                        num_workers: int = 0, autocast: bool = True,
+                        resume_path: str | Path | None = None,
                         failures: FailureLog | None = None) -> dict:
     """Whole stage as a function: labels + folder → selection record (plus ``images`` count).
 
-    In: FR model, calibration folder, pseudo-label CSV (``path`` + ``label_column``), settings.
+    In: FR model, calibration folder, the pseudo-labels — a CSV (``path`` + ``label_column``) or a
+    mapping ``{relative path: label}`` — and settings.
     Out: the dict of ``select_layers`` with ``images`` (images used) added.
     """
-    if not Path(label_file).is_file():
-        raise FroqError(f"label file not found: {label_file} — compute the pseudo-labels first "
-                        "(python baselineFIQA/main.py) or fix label_location")
-    labels = read_quality_csv(label_file, column=label_column)
+    if isinstance(label_file, Mapping):
+        labels = {str(k): float(v) for k, v in label_file.items()}
+        label_file = "the given labels"
+    else:
+        if not Path(label_file).is_file():
+            raise FroqError(f"label file not found: {label_file} — compute the pseudo-labels first "
+                            "(python baselineFIQA/main.py) or fix label_location")
+        check_labels_model(label_file, fr)
+        labels = read_quality_csv(label_file, column=label_column)
     paths = match_labels(root, labels, str(label_file))
     bad = [p for p in paths if not np.isfinite(labels[p])]
     if bad:
@@ -155,31 +178,49 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path, b
     return record
 
 
+def observer_file_record(fr: FRModel, record: dict, calibration: str | Path, label_file: str | Path,
+                         failures: FailureLog, config: dict | None = None) -> dict:
+    """The observer JSON (format ``froq-observer/1``) from ``initialize_observer``'s record.
+
+    In: the FR model, the record, the calibration folder and label file, the unreadable images,
+    and the stage config (provenance). Out: the dict written to ``observer.json`` (README, "Output
+    formats"): selected layers first, then model identity, calibration, the selection details.
+    """
+    record = dict(record)
+    return {"format": FORMAT, "selected_layers": record.pop("selected_layers"),
+            "model": fr.identity(), "calibration": {"path": str(calibration), "labels": str(label_file),
+                                                    "images": record.pop("images")},
+            **record, "config": config or {},
+            "unreadable": [{"path": p, "reason": r} for p, r in failures.items]}
+
+
 def main(argv=None) -> None:
     """Parse arguments, initialise the observer, write the JSON (atomically) and a summary."""
-    args = stage_parser(__doc__.splitlines()[1]).parse_args(argv)
+    args = stage_parser(__doc__.splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
     fr = fr_from_stage_config(cfg)
     out = output_path(cfg["outpath"], "observer.json")
-    failures = FailureLog("observer init")
-    start = time.perf_counter()
-    record = initialize_observer(fr, cfg["dataset"]["path"], cfg["label_location"],
-                                 batch_size=cfg["dataset"]["batch_size"], top_n=cfg["top_n"],
-                                 label_column=cfg["label_column"], num_workers=cfg["num_workers"],
-                                 autocast=cfg["autocast"], resume_path=out, failures=failures)
-    result = {"format": FORMAT, "selected_layers": record.pop("selected_layers"),
-              "model": fr.identity(), "calibration": {"path": cfg["dataset"]["path"],
-                                                      "labels": cfg["label_location"],
-                                                      "images": record.pop("images")},
-              **record, "config": public(cfg),
-              "unreadable": [{"path": p, "reason": r} for p, r in failures.items]}
-    write_json(out, result)
-    best = result["greedy"][len(result["selected_layers"]) - 1]["spearman"]
-    finish_stage(out, "observer_init", label="observer init", images=result["calibration"]["images"],
-                 failures=failures, started=start, meta=None,  # the observer JSON is its own record
-                 line=f"observer: {out} ({result['calibration']['images']} calibration images; selected "
-                      f"{', '.join(result['selected_layers'])}; Spearman {best:.4f}; {failures.summary()})")
+    refuse_overwriting_inputs(out, cfg["_source"], files={"label_location": cfg["label_location"],
+                                                          "face_recognition_config": cfg["face_recognition_config"],
+                                                          "the stage config": cfg["_source"]},
+                              folders={"dataset.path": cfg["dataset"]["path"]})
+    with output_lock(out):
+        failures = FailureLog("observer init")
+        start = time.perf_counter()
+        record = initialize_observer(fr, cfg["dataset"]["path"], cfg["label_location"],
+                                     batch_size=cfg["dataset"]["batch_size"], top_n=cfg["top_n"],
+                                     label_column=cfg["label_column"], num_workers=cfg["num_workers"],
+                                     autocast=cfg["autocast"], resume_path=out, failures=failures)
+        result = observer_file_record(fr, record, cfg["dataset"]["path"], cfg["label_location"],
+                                      failures, public(cfg))
+        write_json(out, result)
+        best = result["greedy"][len(result["selected_layers"]) - 1]["spearman"]
+        line = (f"observer: {out} ({result['calibration']['images']} calibration images; selected "
+                f"{', '.join(result['selected_layers'])}; Spearman {best:.4f}; {failures.summary()})")
+        finish_stage(out, "observer_init", label="observer init", images=result["calibration"]["images"],
+                     failures=failures, started=start, meta=None,  # the observer JSON is its own record
+                     line=line)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+from froq.core.config import Key
 from froq.core.errors import FroqError
 
 log = logging.getLogger("froq")
@@ -19,9 +21,25 @@ def setup_logging(verbose: bool = False) -> None:
                         force=True)
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    """An argparse parser with the options every stage shares: -c/--config, --set, -v."""
-    parser = argparse.ArgumentParser(description=description)
+def schema_help(schema: Mapping[str, Key]) -> str:
+    """The config keys of a schema as help text: one line per key with its default and help."""
+    lines = ["config keys (in the -c file, or --set KEY=VALUE; * = required):"]
+    width = max((len(k) for k in schema), default=0)
+    for key, spec in schema.items():
+        default = "*" if spec.required else json.dumps(spec.default, default=str)
+        lines.append(f"  {key.ljust(width)}  {default}" + (f"  — {spec.help}" if spec.help else ""))
+    return "\n".join(lines)
+
+
+def stage_parser(description: str, schema: Mapping[str, Key] | None = None,
+                 prog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with the options every stage shares: -c/--config, --set, -v.
+
+    In: the stage's one-line description and, optionally, its config schema (listed with defaults
+    in ``--help``) and the program name. Out: the parser."""
+    parser = argparse.ArgumentParser(description=description, prog=prog,
+                                     epilog=schema_help(schema) if schema else None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="YAML config file of the stage")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set dataset.batch_size=16 (repeatable)")

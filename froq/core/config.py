@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +126,14 @@ def _check(value: Any, spec: Key) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be an integer (got {value!r})")
+        if not -2**63 <= value < 2**63:
+            raise ValueError(f"must fit in 64 bits (got {value})")
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number (got {value!r})")
         value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number (got {value!r})")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"must be true or false (got {value!r})")
@@ -149,13 +154,17 @@ def _check(value: Any, spec: Key) -> Any:
     return value
 
 
-def validate(cfg: dict, schema: Mapping[str, Key], source: str, allow_extra: bool = True) -> dict:
+EXTRA_KEY = "extra"  # a top-level mapping for keys of your own: kept in provenance, never read
+
+
+def validate(cfg: dict, schema: Mapping[str, Key], source: str, allow_extra: bool = False) -> dict:
     """Fill defaults and check every schema key of ``cfg`` in place; return ``cfg``.
 
     In: the nested config, the schema, and the source name used in messages (the file path).
     Out: the same dict with defaults filled and values converted. Raises FroqError
-    ``"<source>: <key>: <reason>"`` on the first problem. Unknown keys (typos) are logged as a
-    warning, or raise FroqError when ``allow_extra`` is False.
+    ``"<source>: <key>: <reason>"`` on the first problem. A key the schema does not know (most
+    likely a typo) is an error naming the closest known key — unless ``allow_extra`` (then a
+    warning); keys under a top-level ``extra:`` mapping are always accepted and left alone.
     """
     for key, spec in schema.items():
         value = get_dotted(cfg, key, _MISSING)
@@ -167,22 +176,24 @@ def validate(cfg: dict, schema: Mapping[str, Key], source: str, allow_extra: boo
             continue
         try:
             set_dotted(cfg, key, _check(value, spec))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise FroqError(f"{source}: {key}: {exc}") from None
     known = set(schema)
     unknown = [key for key in _flatten(cfg) if not key.startswith("_") and key not in known
+               and key != EXTRA_KEY and not key.startswith(EXTRA_KEY + ".")
                and not any(key.startswith(k + ".") for k in known)]
-    if unknown and not allow_extra:
-        raise FroqError(f"{source}: unknown key '{unknown[0]}'")
-    for key in unknown:  # most likely a typo (e.g. --set dataset.batchsize=16): say so, don't ignore it
+    for key in unknown:
         close = difflib.get_close_matches(key, sorted(known), n=1)
-        log.warning("%s: unknown key '%s' ignored%s", source, key,
-                    f" (did you mean '{close[0]}'?)" if close else "")
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        if not allow_extra:
+            raise FroqError(f"{source}: unknown key '{key}'{hint}: fix the name, or put keys of "
+                            f"your own under '{EXTRA_KEY}:'")
+        log.warning("%s: unknown key '%s' ignored%s", source, key, hint)
     return cfg
 
 
 def load_config(path: str | Path, schema: Mapping[str, Key], overrides: Sequence[str] | None = None,
-                allow_extra: bool = True) -> dict:
+                allow_extra: bool = False) -> dict:
     """Read ``path``, apply ``--set`` overrides, validate against ``schema``; return the dict.
 
     The returned dict carries ``_source`` (the file path) for messages and provenance.
@@ -221,6 +232,8 @@ def float_list(value):
     if not isinstance(value, list) or not value or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise ValueError(f"must be a non-empty list of numbers (got {value!r})")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"must be finite numbers (got {value!r})")
     return [float(v) for v in value]
 
 

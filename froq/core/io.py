@@ -13,7 +13,10 @@ import io
 import json
 import logging
 import os
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -25,17 +28,25 @@ from froq.core.errors import FroqError
 log = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Open a temporary file beside ``path``; on success rename it to ``path``.
 
     In: target path, open mode ('w' or 'wb'). Out: a file object (context manager).
-    On an exception the temporary file is removed and the target is left untouched.
+    On an exception the temporary file is removed and the target is left untouched. The file gets
+    the permissions of any new file of the user (0666 minus the umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -137,6 +148,8 @@ def read_json(path: str | os.PathLike):
             return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FroqError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    except RecursionError:
+        raise FroqError(f"{path}: JSON nested too deeply to be a FROQ file") from None
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -241,3 +254,65 @@ def require_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
     if not p.is_file():
         raise FroqError(f"{what} not found: {p}" + (f" — {hint}" if hint else ""))
     return p
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<path>.lock`` while a run writes ``path`` (and its ``.partial``): a second run on the
+    same output stops with FroqError naming the holder (pid, host, start, command).
+
+    The lock is a POSIX ``flock`` on the lock file, so the kernel releases it when its process
+    dies in any way (SIGKILL included); a lock file left behind by a dead run is taken over with
+    a warning. The lock file is removed when the run ends. (No-op where ``fcntl`` is missing.)
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock = Path(str(path) + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = open(lock, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = _lock_holder(fh.read())
+            fh.close()
+            raise FroqError(f"{path} is being written by another run ({holder}); wait for it to "
+                            f"finish, or use another output path") from None
+        try:  # the file may have been removed and re-created by a run that just finished
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    fh.seek(0)
+    previous = fh.read()
+    if previous.strip():
+        log.warning("%s: taking over a lock left by a run that is gone (%s)", lock, _lock_holder(previous))
+    fh.seek(0)
+    fh.truncate()
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         "command": " ".join(sys.argv)[:300]}))
+    fh.flush()
+    try:
+        yield
+    finally:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass
+        fh.close()  # releases the flock
+
+
+def _lock_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
+                f"{info.get('command', '?')}")
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

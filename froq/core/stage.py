@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Mapping
 
 from froq.core.config import Key, device_name
 from froq.core.errors import FroqError
@@ -43,3 +45,31 @@ def no_readable_images(root, failures: FailureLog) -> str:
     example = f" (e.g. {failures.items[0][0]}: {failures.items[0][1]})" if failures.items else ""
     return (f"{root}: none of the {len(failures.items)} image(s) could be read{example}; "
             "nothing was written: check the folder holds image files")
+
+
+def refuse_overwriting_inputs(out: str | os.PathLike, source: str, files: Mapping[str, object] = {},
+                              folders: Mapping[str, object] = {}) -> None:
+    """FroqError before any work when the output ``out`` (or its ``.partial``/``.meta.json``/
+    ``.lock`` companions) is one of the stage's input ``files`` or lies inside an input folder.
+
+    In: the output path, the config name for the message, ``{what: path}`` of input files (e.g.
+    ``{"observer_data": "obs.json"}``) and of input folders (``{"target_dataset": DIR}``).
+    """
+    out = Path(out)
+    mine = {_real(p) for p in (out, Path(f"{out}.partial"), Path(f"{out}.lock"),
+                               out.with_suffix(".meta.json"))}
+    for key, value in files.items():
+        if value is not None and _real(Path(str(value))) in mine:
+            raise FroqError(f"{source}: outpath {out} would overwrite the input {key} ({value}): "
+                            "choose another output path")
+    for key, value in folders.items():
+        if value is None:
+            continue
+        folder = _real(Path(str(value)))
+        if any(folder == p or folder in p.parents for p in mine):
+            raise FroqError(f"{source}: outpath {out} lies inside the input folder {key} ({value}): "
+                            "write outputs outside the images being read")
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))

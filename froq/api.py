@@ -1,0 +1,234 @@
+"""FROQ as a library, for people who put it inside their own FR pipeline.
+
+::
+
+    import froq
+
+    labels = froq.pseudo_labels("configs/fr/dlib_resnet.yaml", "calibration/")   # stage 1
+    observer = froq.calibrate("configs/fr/dlib_resnet.yaml", "calibration/", labels,
+                              save="outputs/observer.json")                       # stage 2
+    observer = froq.Observer.load("outputs/observer.json")   # later: FR config read from the file
+    result = observer.score("aligned_faces/")                 # a folder, PIL images or a tensor
+    result.quality, result.embeddings                         # higher = better; same pass
+
+Everything here is a thin layer over the stages (``baselineFIQA.labels``, ``observer``), so the
+numbers are those of the command-line stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from baselineFIQA.labels import COLUMNS as LABEL_COLUMNS, compute_pseudo_labels
+from baselineFIQA.perturbations import default_mpx
+from face_recognition_model.loading import FRModel, load_fr_config
+from face_recognition_model.loading import load_fr_model as _load_fr_model
+from froq.core.device import resolve_device
+from froq.core.errors import FroqError
+from froq.core.images import FailureLog, load_rgb
+from froq.core.io import read_csv, write_csv, write_json
+from froq.core.runner import RunResult
+from observer.inference import QualityObserver, check_same_model, froq_qualities, read_observer
+from observer.initialization import initialize_observer, observer_file_record
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+
+ImagesLike = Union[str, Path, torch.Tensor, Image.Image, np.ndarray, Sequence]
+ModelLike = Union[str, Path, FRModel]
+
+
+@dataclass
+class ScoreResult:
+    """FROQ qualities of a set of images.
+
+    paths: relative paths (folder input) or the positions ``"0", "1", ...`` (in-memory input);
+    quality: (N,) float64, higher = better; embeddings: (N, D) float32 FR embeddings from the same
+    forward pass, or None; unreadable: ``(path, reason)`` of the images skipped (folders only).
+    """
+
+    paths: list[str]
+    quality: np.ndarray
+    embeddings: np.ndarray | None = None
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def load_fr_model(fr_config: ModelLike, device: str | torch.device = "auto",
+                  overrides: Sequence[str] = ()) -> FRModel:
+    """An FR model ready to use: an ``FRModel`` passes through; an FR config path (YAML, e.g.
+    ``configs/fr/dlib_resnet.yaml``) is loaded on ``device`` (``auto`` = CUDA when present)
+    with ``--set``-style ``overrides`` (e.g. ``["model.weights=w.ckpt"]``)."""
+    if isinstance(fr_config, FRModel):
+        return fr_config
+    path = Path(fr_config)
+    if not path.is_file():
+        raise FroqError(f"FR config file not found: {path} (see configs/fr/ for the shipped ones)")
+    dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+    return _load_fr_model(load_fr_config(path, list(overrides)), dev)
+
+
+def _find_fr_config(recorded: str, observer_file: Path) -> Path:
+    """The FR config an observer recorded: as written, else beside the observer, else in the repo."""
+    for cand in (Path(recorded), observer_file.parent / recorded, REPO / recorded):
+        if cand.is_file():
+            return cand
+    raise FroqError(f"{observer_file}: its FR config {recorded} was not found (looked relative to the "
+                    "current folder, the observer file and the repository): pass fr_config=PATH")
+
+
+class Observer:
+    """A calibrated FROQ observer bound to its FR model: ``score`` gives qualities in one pass."""
+
+    def __init__(self, fr: FRModel, record: Mapping, source: str = "observer") -> None:
+        """In: the FR model, an observer record (the JSON of ``observer.json``), a name for messages.
+        FroqError when the record belongs to another model or names layers the model lacks."""
+        layers = record.get("selected_layers") if isinstance(record, Mapping) else None
+        if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
+            raise FroqError(f"{source}: no 'selected_layers' list of layer names — not an observer")
+        check_same_model(dict(record), fr, source)
+        modules = dict(fr.network.named_modules())
+        missing = [n for n in layers if not n or n not in modules]
+        if missing:
+            raise FroqError(f"{source}: selected layer(s) {', '.join(missing[:3])} do not exist in "
+                            f"{fr.arch}: the observer belongs to another FR model")
+        self.fr = fr
+        self.record = dict(record)
+        self.source = source
+
+    @classmethod
+    def load(cls, observer_file: str | Path, fr_config: ModelLike | None = None, *,
+             device: str | torch.device = "auto", fr_overrides: Sequence[str] = ()) -> "Observer":
+        """Read ``observer.json``; the FR model is ``fr_config`` (a path or a loaded ``FRModel``),
+        by default the FR config recorded in the observer file. Out: a ready ``Observer``."""
+        observer_file = Path(observer_file)
+        record = read_observer(observer_file)
+        if fr_config is None:
+            recorded = (record.get("model") or {}).get("config")
+            if not recorded:
+                raise FroqError(f"{observer_file}: records no FR config: pass fr_config=PATH")
+            fr_config = _find_fr_config(recorded, observer_file)
+        return cls(load_fr_model(fr_config, device, fr_overrides), record, str(observer_file))
+
+    @property
+    def layers(self) -> list[str]:
+        """The selected layers (module names of the FR network)."""
+        return list(self.record["selected_layers"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the observer record as JSON (atomically). Out: the path."""
+        write_json(path, self.record)
+        return Path(path)
+
+    def score(self, images: ImagesLike, *, batch_size: int = 32, embeddings: bool = False,
+              early_exit: bool = True, num_workers: int = 0) -> ScoreResult:
+        """FROQ qualities of ``images`` (higher = better), optionally with the FR embeddings.
+
+        In: a folder of aligned faces (searched recursively, as the stages read it); or in memory:
+        a PIL image, an HxWx3 uint8 array, a list of those or of image file paths, a uint8 tensor
+        (B, 3, H, W) of RGB pixels, or a float tensor (B, 3, H, W) already preprocessed as the FR
+        config says. Out: ``ScoreResult`` (rows in input order).
+        """
+        if isinstance(images, (str, Path)) and Path(images).is_dir():
+            failures = FailureLog("froq")
+            result = froq_qualities(self.fr, images, self.layers, batch_size=batch_size,
+                                    early_exit=early_exit, save_embeddings=embeddings,
+                                    num_workers=num_workers, failures=failures)
+            return _score_result(result.paths, result.values, embeddings, failures.items)
+        batch = self.model_inputs(images)
+        rows = []
+        with QualityObserver(self.fr, self.layers, early_exit=early_exit, embeddings=embeddings) as observe:
+            for chunk in torch.split(batch, batch_size):
+                rows.append(observe(chunk))
+        values = np.concatenate(rows) if rows else np.zeros((0, 1))
+        return _score_result([str(i) for i in range(len(values))], values, embeddings, [])
+
+    def model_inputs(self, images: ImagesLike) -> torch.Tensor:
+        """In-memory images (see ``score``) → a float batch (B, 3, H, W) as the FR model takes it."""
+        pre = self.fr.preprocess
+        if isinstance(images, torch.Tensor):
+            x = images if images.dim() == 4 else images.unsqueeze(0)
+            if tuple(x.shape[1:]) != (3, *pre.size):
+                raise FroqError(f"images: expected a tensor of shape (B, 3, {pre.size[0]}, {pre.size[1]}) "
+                                f"for {self.fr.arch}, got {tuple(images.shape)}: align/resize the faces first")
+            return pre.normalize(x) if x.dtype == torch.uint8 else x.float()
+        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+            images = [images]
+        tensors = []
+        for i, item in enumerate(images):
+            if isinstance(item, (str, Path)):
+                item = load_rgb(item)
+            elif isinstance(item, np.ndarray):
+                if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+                    raise FroqError(f"images[{i}]: expected an HxWx3 uint8 RGB array, got "
+                                    f"{item.dtype} {item.shape}")
+                item = Image.fromarray(item)
+            elif not isinstance(item, Image.Image):
+                raise FroqError(f"images[{i}]: cannot score a {type(item).__name__}: give a folder, "
+                                "PIL images, uint8 arrays, image paths or a tensor")
+            tensors.append(pre(item.convert("RGB")))
+        if not tensors:
+            raise FroqError("images: nothing to score (empty list)")
+        return torch.stack(tensors)
+
+
+def _score_result(paths, values: np.ndarray, embeddings: bool, unreadable) -> ScoreResult:
+    emb = values[:, 1:].astype(np.float32) if embeddings else None
+    return ScoreResult(paths=list(paths), quality=values[:, 0].copy(), embeddings=emb,
+                       unreadable=list(unreadable))
+
+
+def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | torch.device = "auto",
+                  alphas: Sequence[float] = (0.001,), noise_count: int = 10, mpx: int | None = None,
+                  seed: int = 0, batch_size: int = 32, save: str | Path | None = None) -> RunResult:
+    """Stage 1: the auxiliary FIQA's pseudo-labels of a calibration folder (spec §2).
+
+    In: an FR config path or ``FRModel``, the folder of aligned calibration faces, the constants
+    (``mpx`` default: an 8×8 occlusion grid, 14 px on 112 px as the paper), and optionally ``save``
+    (the labels CSV, written as the stage writes it; resumable). Out: ``RunResult`` with columns
+    flip, noise, occlusion, quality (``.column("quality")``, ``.paths``).
+    """
+    fr = load_fr_model(fr_config, device)
+    result = compute_pseudo_labels(fr, folder, batch_size=batch_size, alphas=alphas,
+                                   mpx=mpx or default_mpx(min(fr.preprocess.size)), seed=seed,
+                                   noise_count=noise_count, resume_path=save)
+    if save is not None:
+        write_csv(save, LABEL_COLUMNS, result.rows())
+        Path(str(save) + ".partial").unlink(missing_ok=True)
+    return result
+
+
+def calibrate(fr_config: ModelLike, folder: str | Path,
+              labels: str | Path | RunResult | Mapping[str, float], *,
+              device: str | torch.device = "auto", top_n: int = 10, label_column: str = "quality",
+              batch_size: int = 32, save: str | Path | None = None) -> Observer:
+    """Stage 2: an observer from a calibration folder and its pseudo-labels (spec §3).
+
+    In: an FR config path or ``FRModel``; the folder; the labels as a CSV path, the ``RunResult`` of
+    ``pseudo_labels`` or a mapping ``{relative path: label}``; ``top_n`` candidates; optionally
+    ``save`` (the observer JSON). Out: the ``Observer``, ready to ``score``.
+    """
+    fr = load_fr_model(fr_config, device)
+    if isinstance(labels, RunResult):
+        labels = dict(zip(labels.paths, labels.column(label_column).tolist()))
+    elif not isinstance(labels, Mapping):
+        read_csv(labels, required=("path", label_column))  # a clear error for a missing file/column
+    failures = FailureLog("observer init")
+    record = initialize_observer(fr, folder, labels, batch_size=batch_size, top_n=top_n,
+                                 label_column=label_column, failures=failures)
+    label_source = labels if isinstance(labels, (str, Path)) else "in-memory labels"
+    observer = Observer(fr, observer_file_record(fr, record, folder, label_source, failures,
+                                                 {"top_n": top_n, "label_column": label_column}))
+    if save is not None:
+        observer.save(save)
+    return observer
