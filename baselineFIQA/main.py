@@ -13,7 +13,7 @@ import time
 
 from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
 from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, float_list, load_config, positive_int, public, int_or_auto
+from froq.core.config import Key, float_list, image_size, int_or_auto, load_config, positive_int, public
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 from froq.core.io import output_lock, write_csv
@@ -28,7 +28,7 @@ SCHEMA = {
     "dataset.path": Key("path", help="folder of aligned calibration faces"),
     "dataset.batch_size": Key(positive_int, default=32),
     "dataset.mpx": Key(positive_int, default=14, help="side of an occlusion cell in pixels"),
-    "dataset.image_size": Key("any", default=None, help="model input size; must equal the FR config's"),
+    "dataset.image_size": Key(image_size, default=None, help="model input size; must equal the FR config's"),
     "dataset.alphas": Key(float_list, default=[0.001], help="noise strengths"),
     "dataset.noise_count": Key(positive_int, default=10),
     "forward_batch": Key(int_or_auto, default="auto",

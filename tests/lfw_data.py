@@ -12,7 +12,7 @@ The names and return types are stable; other test files rely on them.
 ``lfw_dlib150`` → ``Path``
     A folder of dlib150 chips (150×150 PNG, ``dlib.get_face_chip`` with padding 0.25) of every image
     referenced by ``lfw_pairs``, same relative layout. Made once per session by
-    ``face_recognition_model.align.align_folder`` with ``select='center'`` (LFW's labelled person
+    ``preparation.align.align_folder`` with ``select='center'`` (LFW's labelled person
     is the centred face) and ``fallback='center-box'`` (so every pair image has a chip), on up to
     2 processes; ``<folder>/landmarks.csv`` tells which images needed the fallback.
 ``lfw_calibration_pool_dlib150`` → ``Path``
@@ -101,7 +101,7 @@ def _locked(folder: Path):
 
 def _aligned_folder(tmp_path_factory, name: str, images_dir: Path, rel_sources: list[str]) -> Path:
     """Align ``rel_sources`` of ``images_dir`` with ``LFW_ALIGN`` into a cached or temporary folder."""
-    from face_recognition_model.align import align_folder
+    from preparation.align import align_folder
 
     cache = os.environ.get("FROQ_TEST_CACHE")
     folder = Path(cache) / name if cache else tmp_path_factory.mktemp(name)

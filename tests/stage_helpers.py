@@ -16,13 +16,14 @@ def error_line(rc: int, err: str, *needles) -> str:
     return lines[0]
 
 
-def run_in_process(main, argv) -> None:
-    """Run a stage's ``main(argv)`` in-process; undo its logging set-up afterwards (it replaces
-    the root handlers, which would otherwise keep pointing at this test's captured stderr)."""
+def run_in_process(main, argv):
+    """Run a stage's ``main(argv)`` in-process and return what it returns; undo its logging set-up
+    afterwards (it replaces the root handlers, which would otherwise keep pointing at this test's
+    captured stderr)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        main(argv)
+        return main(argv)
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -18,8 +18,8 @@ import yaml
 from conftest import REPO, shared_path
 from face_recognition_model import create_model, load_fr_model
 from face_recognition_model.adaface import AdaFaceBackbone
-from face_recognition_model.generated import (generated_state_dict, read_manifest,
-                                              write_generated_checkpoint)
+from conformance.generated_weights import (generated_state_dict, read_manifest,
+                                           write_generated_checkpoint)
 from froq.core.errors import FroqError
 
 # reference file stem -> (depth, SE)
@@ -40,7 +40,7 @@ def reference_modules(arch: str) -> list[str]:
 
 
 def reference_state(arch: str) -> list[tuple[str, tuple[int, ...]]]:
-    """``<arch>.state_dict.tsv`` parsed independently of ``generated.read_manifest``:
+    """``<arch>.state_dict.tsv`` parsed independently of ``generated_weights.read_manifest``:
     ``key<TAB>shape``, ``#`` header, shapes like ``64x3x3x3``, ``scalar`` for 0-d tensors."""
     path = shared_path("reference", "adaface", f"{arch}.state_dict.tsv")
     out = []

@@ -1,4 +1,4 @@
-"""Face alignment (face_recognition_model/align.py): geometry on synthetic data, templates on a few
+"""Face alignment (preparation/align.py): geometry on synthetic data, templates on a few
 real LFW photos (skipped without ../shared), and the reporting of no-face / unreadable images."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_recognition_model import align
-from face_recognition_model.align import (ARCFACE_112, FaceAligner, align_folder, arcface_points,
-                                          choose_face, fallback_box, umeyama_similarity,
-                                          warp_similarity)
+from preparation import align
+from preparation.align import (ARCFACE_112, FaceAligner, align_folder, arcface_points,
+                               choose_face, fallback_box, umeyama_similarity, warp_similarity)
 from froq.core.cli import run_main
 from froq.core.errors import FroqError
 

@@ -1,4 +1,4 @@
-"""Calibration-set builder (calibration_dataset/build.py) and its degradations, on small synthetic
+"""Calibration-set builder (preparation/calibration.py) and its degradations, on small synthetic
 images (no shared data needed)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from calibration_dataset import build, degradations as deg
-from calibration_dataset.build import MANIFEST_HEADER, build_calibration_set
+from preparation import calibration, degradations as deg
+from preparation.calibration import MANIFEST_HEADER, build_calibration_set
 from froq.core.cli import run_main
 from froq.core.errors import FroqError
 
@@ -169,11 +169,11 @@ def test_unreadable_sources_are_reported_and_skipped(source, tmp_path, caplog):
 
 
 def test_cli_and_argument_errors(source, tmp_path, capsys):
-    assert run_main(build.main, ["--source", str(source), "--output", str(tmp_path / "o"),
-                                 "--variants", "2", "--seed", "3"]) == 0
+    assert run_main(calibration.main, ["--source", str(source), "--output", str(tmp_path / "o"),
+                                       "--variants", "2", "--seed", "3"]) == 0
     assert "8 images written from 4 sources" in capsys.readouterr().out
     assert len(read_manifest(tmp_path / "o")) == 8
-    code = run_main(build.main, ["--source", str(tmp_path / "nope"), "--output", str(tmp_path / "p")])
+    code = run_main(calibration.main, ["--source", str(tmp_path / "nope"), "--output", str(tmp_path / "p")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: source folder not found") and "Traceback" not in err
     with pytest.raises(FroqError, match="variants"):

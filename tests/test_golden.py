@@ -22,7 +22,7 @@ import yaml
 from scipy.stats import spearmanr
 
 from conftest import shared_path
-from face_recognition_model.generated import generated_state_dict, read_manifest, write_generated_checkpoint
+from conformance.generated_weights import generated_state_dict, read_manifest, write_generated_checkpoint
 from stage_helpers import run_in_process
 
 LABEL_TOL = 1e-3        # bound for |Δ| of the pseudo-labels (measured here: <= 1.8e-7)

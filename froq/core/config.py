@@ -45,6 +45,26 @@ class Key:
         return self.default is _MISSING
 
 
+class _AliasRefused(Exception):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): nested aliases expand exponentially
+    (a few hundred bytes can grow past memory), and no FROQ config needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def yaml_load(text):
+    """Parse YAML text (or a stream) safely: no Python tags, no aliases. ``_AliasRefused`` /
+    ``yaml.YAMLError`` on bad input."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(items: Sequence[str] | None, source: str = "--set") -> dict[str, Any]:
     """Turn ``["a.b=1", "c=[1,2]"]`` into ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -56,7 +76,9 @@ def parse_overrides(items: Sequence[str] | None, source: str = "--set") -> dict[
         if not key:
             raise FroqError(f"{source} {item!r}: empty key")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key] = yaml_load(raw) if raw.strip() else ""
+        except _AliasRefused:
+            raise FroqError(f"{source} {item!r}: YAML aliases (*name) are not allowed") from None
         except yaml.YAMLError:
             out[key] = raw
     return out
@@ -69,13 +91,16 @@ def read_yaml(path: str | Path) -> dict:
         raise FroqError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml_load(fh)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
         raise FroqError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
     except UnicodeDecodeError as exc:
         raise FroqError(f"{path}: not UTF-8 text (byte {exc.start}): save the config as UTF-8") from None
+    except _AliasRefused as exc:
+        raise FroqError(f"{path}: line {exc.args[0]}: YAML aliases (*name) are not allowed in FROQ "
+                        "configs (nested aliases can expand without bound): write the values out") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -243,3 +268,22 @@ def device_name(value):
     if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
         return v
     raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+
+def image_size(value):
+    """Validator: an image size — an integer ``N`` (N×N) or ``[height, width]``, each >= 1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        return value
+    raise ValueError(f"must be an integer or [height, width] of integers >= 1 (got {value!r})")
+
+
+def override_list(value):
+    """Validator: a list of ``key=value`` strings (``--set``-style overrides of another config)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise ValueError(f"must be a list of 'key=value' strings, e.g. [model.weights=PATH] (got {value!r})")
+    return value

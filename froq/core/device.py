@@ -21,6 +21,13 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FroqError(f"device '{name}' was requested but CUDA is not available here; "
                         "set device: auto or device: cpu")
+    if name.startswith("cuda:") and int(name[5:] or 0) >= torch.cuda.device_count():
+        raise FroqError(f"device '{name}' was requested but this machine has "
+                        f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1} or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FroqError("device 'mps' was requested but Apple's MPS is not available here; "
+                        "set device: auto or device: cpu")
     try:
         return torch.device(name)
     except RuntimeError as exc:

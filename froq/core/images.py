@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,21 +24,51 @@ from froq.core.errors import FroqError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# the only decoders ever used: a file is opened by Pillow only when its bytes are one of these
+# (whatever its extension says); anything else is unreadable (skipped and listed)
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+# decompression-bomb bound: width × height above this is refused before any pixel is decoded
+MAX_PIXELS = 64_000_000
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
+def printable(name: str) -> str:
+    """A file name as text that can always be printed and written (undecodable bytes as \\xNN)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def valid_utf8(name: str) -> bool:
+    """Whether a file name (as the OS gave it) is valid UTF-8 and so can go into a CSV row."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def list_images(root: str | os.PathLike, failures: "FailureLog | None" = None) -> list[str]:
     """Relative POSIX paths of every image below ``root`` (recursive, sorted, any-case extension).
 
-    In: a folder. Out: e.g. ``['Name/Name_0001.jpg', ...]``. Hidden files and folders are skipped;
-    symlinked folders are followed, but a folder reached twice (a symlink loop) is searched once.
-    Raises FroqError if ``root`` is not a folder or holds no image.
+    In: a folder, and optionally a FailureLog that receives each sub-folder that cannot be read
+    (permissions, a path longer than the OS allows). Out: e.g. ``['Name/Name_0001.jpg', ...]``.
+    Hidden files and folders are skipped; symlinked folders are followed, but a folder reached
+    twice (a symlink loop) is searched once. Raises FroqError if ``root`` is not a folder or holds
+    no image.
     """
     root = Path(root)
     if not root.is_dir():
         raise FroqError(f"image folder not found: {root}")
     found = []
     seen: set[str] = set()  # real paths of visited folders: a symlink loop is walked only once
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def unreadable_folder(exc: OSError) -> None:
+        where = printable(os.path.relpath(exc.filename, root)) if exc.filename else str(root)
+        reason = f"folder cannot be read ({exc.strerror or exc}); its images are not scored"
+        if failures is not None:
+            failures.add(where + "/", reason)
+        else:
+            log.warning("%s: %s: %s", root, where, reason)
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable_folder):
         real = os.path.realpath(dirpath)
         if real in seen:
             log.warning("%s: skipping %s (a symlink to a folder already searched)", root,
@@ -58,11 +89,19 @@ def list_images(root: str | os.PathLike) -> list[str]:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any image as 8-bit RGB (grayscale, RGBA, palette, 16-bit and CMYK are converted).
+    """Open an image as 8-bit RGB (grayscale, RGBA, palette, 16-bit and CMYK are converted).
 
-    Raises OSError/ValueError (from PIL) for unreadable files; the reader records those.
+    Only regular files whose content is JPEG, PNG, BMP or WebP are opened (``ALLOWED_FORMATS``;
+    never a pipe, device or socket, never another decoder), and only up to ``MAX_PIXELS``.
+    Raises OSError/ValueError for anything else; the reader records those as unreadable.
     """
-    with Image.open(path) as img:
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"not a regular file (a pipe, device, socket or folder): not opened")
+    with Image.open(path, formats=ALLOWED_FORMATS) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} pixels is above the {MAX_PIXELS:,}-pixel "
+                             "limit (a decompression bomb or not a face photo): not decoded")
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             arr = np.asarray(img, dtype=np.float64)
@@ -222,6 +261,7 @@ class FailureLog:
 
     def add(self, path: str, reason: str) -> None:
         """Record and warn about one unreadable file."""
+        path = printable(path)
         self.items.append((path, reason))
         log.warning("%s: skipped unreadable image %s (%s)", self.stage, path, reason)
 

@@ -34,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 from froq.core.errors import FroqError
-from froq.core.images import FailureLog, ImageFolder, Preprocess, image_loader, list_images
+from froq.core.images import (FailureLog, ImageFolder, Preprocess, image_loader, list_images,
+                              printable, valid_utf8)
 from froq.core.io import RowLog, discard_partial, write_json
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,11 @@ def run_images(root: str | Path, batch_fn: BatchFn, columns: Sequence[str], *,
     """
     columns = list(columns)
     failures = failures if failures is not None else FailureLog(desc)
-    paths = list(paths) if paths is not None else list_images(root)
+    paths = list(paths) if paths is not None else list_images(root, failures)
+    for p in paths:
+        if not valid_utf8(p):  # its row could not be written: listed, never lost silently
+            failures.add(printable(p), "file name is not valid UTF-8: rename the file")
+    paths = [p for p in paths if valid_utf8(p)]
     root = Path(root)
     done: dict[str, np.ndarray] = {}
     identity: dict[str, str] = {}

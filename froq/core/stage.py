@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from froq.core.config import Key, device_name
+from froq.core.config import Key, device_name, override_list
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 
@@ -18,7 +18,7 @@ COMMON_KEYS = {
     "device": Key(device_name, default="auto", help="auto | cpu | cuda | cuda:N"),
     "num_workers": Key("int", default=0, minimum=0, help="DataLoader worker processes"),
     "seed": Key("int", default=0),
-    "fr_overrides": Key("list", default=[], help="--set style overrides applied to the FR config"),
+    "fr_overrides": Key(override_list, default=[], help="--set style overrides applied to the FR config"),
 }
 
 

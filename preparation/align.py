@@ -2,7 +2,7 @@
 
 Usage::
 
-    python face_recognition_model/align.py --input photos/ --output aligned/ --template dlib150 \
+    python preparation/align.py --input photos/ --output aligned/ --template dlib150 \
         [--select largest|center] [--fallback none|center-box] [--workers N] [--ext png|jpg|same]
 
 For every image of ``--input`` (read with ``froq.core.images.list_images`` / ``load_rgb``) dlib's HOG
@@ -66,6 +66,9 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from froq.core.cli import run_main, setup_logging
 from froq.core.errors import FroqError

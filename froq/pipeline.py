@@ -1,0 +1,525 @@
+"""FROQ end to end, the orchestrator behind ``./run.sh``: (align photos) → (build a calibration set)
+→ pseudo-labels → observer → qualities.
+
+    ./run.sh --photos DIR [options]              # = python -m froq.pipeline --photos DIR [options]
+
+``main(argv)`` parses run.sh's options (``HELP``), resolves the user's relative paths against the
+current folder and then works in the repository root (the stage configs and the FR configs are
+named relative to it), as run.sh always did:
+
+1. ``choose_fr_config``: AdaFace IR-101 when its weights exist, else dlib's ResNet (said in one
+   line); ``fr_info`` gives the architecture and input size, which pick the alignment template
+   (``alignment_template``) and the occlusion cell (``occlusion_cell``).
+2. ``--photos``: aligned with ``preparation.align``, split by identity with
+   ``preparation.split.split_aligned`` (``calibration_ids_beside`` finds a ``calibration_pool.txt``
+   beside the photos), calibration sources capped at 300 and degraded with
+   ``preparation.calibration``; a given ``--calibration`` folder is capped only with
+   ``--max-calibration`` (``preparation.split.subsample_folder``).
+3. The three stages, called in this process through their ``main(argv)`` with ``--set`` overrides
+   (``stage_argv``).
+4. ``write_summary``: ``summary.json`` and the printed summary (``summary_lines``).
+
+Every step prints ``== step``; the first failing step prints its own ``error: ...`` line, then
+``run.sh: stopped: ...``, and the run exits with the step's code (2 for a user error). Problems with
+the options print one ``run.sh: ...`` line and exit with 2. Heavy modules (torch, the stages) are
+imported only when needed, so ``-h`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from froq.core.cli import run_main
+from froq.core.errors import FroqError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_FR = "configs/fr/adaface_ir101.yaml"
+FALLBACK_FR = "configs/fr/dlib_resnet.yaml"
+DEFAULT_OUT = "outputs"
+DEFAULT_CALIBRATION = "calibration_dataset"
+DEFAULT_CAP = 300            # calibration sources built from --photos without --max-calibration
+POOL_FILE = "calibration_pool.txt"
+TEMPLATES = {150: "dlib150", 112: "arcface112"}
+STAGE_CONFIGS = {"labels": "configs/baseline.yaml", "init": "configs/init.yaml",
+                 "inference": "configs/inference.yaml"}
+
+HELP = """\
+FROQ end to end: (align photos) -> (build a calibration set) -> pseudo-labels -> observer -> qualities.
+
+Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
+
+  --photos DIR          raw photos (one folder per person, or flat). They are aligned for the FR
+                        model (preparation/align.py: dlib150 for dlib_resnet, arcface112
+                        for 112-px models) and split by identity into calibration sources and targets:
+                        the identities listed in --calibration-ids (default: a calibration_pool.txt
+                        beside DIR, as in ../shared/data/lfw) go to calibration, the rest are scored;
+                        without a list, every --every-th identity folder (sorted by name, starting with
+                        the first) goes to calibration, or every --every-th image when DIR is flat.
+                        With --calibration, all photos are targets; with --target, all are calibration.
+  --calibration DIR     aligned calibration faces (used as they are; no building)
+  --target DIR          aligned faces to score (default: the photos' target split, else the
+                        calibration faces themselves)
+  --fr CFG              FR config, a file or a path relative to the repository (default: configs/fr/adaface_ir101.yaml if its weights exist,
+                        otherwise configs/fr/dlib_resnet.yaml, which needs no download)
+  --out DIR             output folder (default: outputs/ of the repository)
+  --device DEV          auto | cpu | cuda | cuda:N (default: auto)
+  --max-calibration N   at most N calibration source images, evenly spaced over the sorted list
+                        (default 300 when the set is built from --photos; all of a given
+                        --calibration folder unless this is set). Labels cost ~76 forward passes
+                        per image: for 300 images with dlib_resnet ~2 min on an idle 2-core CPU
+                        (~230 forwards/s), 7 min measured on a busy one.
+  --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)
+  --keep-clean          also put the clean sources into the built calibration set
+  --seed S              seed of the calibration build and of the stages (default 0)
+  --calibration-ids F   file of identity folder names (one a line) that form the calibration split
+  --every K             identity split ratio without an ids file (default 4: 1 in 4 to calibration)
+  --select largest|center      face choice when a photo holds several (default largest)
+  --fallback none|center-box   photos without a detected face: skip (default) or use a central box
+  -h, --help            this help
+
+Without arguments: the calibration set is calibration_dataset/ (if it holds images) and its own
+images are scored. Every stage resumes from its .partial file when interrupted; the first failing
+stage stops the run with its message. Environment: PYTHON (default: ./.venv, set up by
+install.sh on first use, or the active python when it already has FROQ's dependencies)."""
+
+
+class RunError(FroqError):
+    """A problem with run.sh's options or inputs: printed as one ``run.sh: ...`` line, exit code 2."""
+
+
+class Stopped(Exception):
+    """A step failed (its message is printed already); ``code`` is the exit code of the run."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises RunError (run.sh's wording) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        m = re.match(r"argument (\S+?)(?:/\S+)?: expected one argument", message)
+        if m:
+            raise RunError(f"option {m.group(1)} needs a value (see ./run.sh -h)")
+        raise RunError(f"{message} (see ./run.sh -h)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """run.sh's options (``HELP`` is their description; ``-h`` prints it). Values stay strings:
+    ``check_options`` validates them with run.sh's messages."""
+    p = _Parser(prog="run.sh", add_help=False, allow_abbrev=False)
+    for opt, dest in (("--photos", "photos"), ("--calibration", "calibration"), ("--target", "target"),
+                      ("--fr", "fr"), ("--out", "out"), ("--device", "device"),
+                      ("--max-calibration", "max_calibration"), ("--variants", "variants"),
+                      ("--seed", "seed"), ("--calibration-ids", "calibration_ids"),
+                      ("--every", "every"), ("--select", "select"), ("--fallback", "fallback")):
+        p.add_argument(opt, dest=dest, default=None)
+    p.add_argument("--keep-clean", action="store_true")
+    p.add_argument("-h", "--help", action="store_true")
+    return p
+
+
+@dataclass
+class Options:
+    """The run's settings after ``check_options`` (paths as the user gave them until
+    ``resolve_user_paths``; '' = not given)."""
+
+    photos: str = ""
+    calibration: str = ""
+    target: str = ""
+    fr: str = ""
+    out: str = DEFAULT_OUT
+    out_set: bool = False
+    device: str = "auto"
+    max_calibration: int | None = None
+    variants: int = 1
+    keep_clean: bool = False
+    seed: int = 0
+    calibration_ids: str = ""
+    every: int = 4
+    select: str = "largest"
+    fallback: str = "none"
+
+
+def parse_args(argv: Sequence[str] | None) -> Options | None:
+    """Command line → checked ``Options``; None when help was asked for. Raises RunError."""
+    ns, unknown = build_parser().parse_known_args(argv)
+    if ns.help:
+        return None
+    if unknown:
+        raise RunError(f"unknown argument '{unknown[0]}' (see ./run.sh -h)")
+    return check_options(ns)
+
+
+def _whole_number(value: str | None, default: int | None) -> int | None:
+    if value is None:
+        return default
+    if not re.fullmatch(r"[0-9]+", value):
+        raise RunError(f"expected a whole number, got '{value}'")
+    return int(value)
+
+
+def check_options(ns: argparse.Namespace) -> Options:
+    """Validate the parsed options in run.sh's order and with its messages (paths are checked
+    relative to the current folder). Out: ``Options``. Raises RunError."""
+    for name, value in vars(ns).items():
+        if value == "":
+            raise RunError(f"option --{name.replace('_', '-')} needs a value (see ./run.sh -h)")
+    numbers = {k: _whole_number(getattr(ns, k), d) for k, d in
+               (("max_calibration", None), ("variants", 1), ("seed", 0), ("every", 4))}
+    if numbers["max_calibration"] is not None and numbers["max_calibration"] < 3:
+        raise RunError("--max-calibration must be at least 3")
+    if numbers["every"] < 2:
+        raise RunError("--every must be at least 2")
+    for opt, value in (("--photos", ns.photos), ("--calibration", ns.calibration), ("--target", ns.target)):
+        if value and not os.path.isdir(value):
+            raise RunError(f"{opt}: folder not found: {value}")
+    if ns.calibration_ids and not os.path.isfile(ns.calibration_ids):
+        raise RunError(f"--calibration-ids: file not found: {ns.calibration_ids}")
+    if ns.photos and ns.calibration and ns.target:
+        raise RunError("--photos is unused when both --calibration and --target are given: drop one of them")
+    from preparation.align import FALLBACKS, SELECT_MODES
+    for opt, value, allowed in (("--select", ns.select, SELECT_MODES), ("--fallback", ns.fallback, FALLBACKS)):
+        if value is not None and value not in allowed:
+            raise RunError(f"{opt} must be {' or '.join(allowed)}, got '{value}'")
+    return Options(photos=ns.photos or "", calibration=ns.calibration or "", target=ns.target or "",
+                   fr=ns.fr or "", out=ns.out or DEFAULT_OUT, out_set=ns.out is not None,
+                   device=ns.device or "auto", keep_clean=ns.keep_clean,
+                   calibration_ids=ns.calibration_ids or "", select=ns.select or "largest",
+                   fallback=ns.fallback or "none", **numbers)
+
+
+def absolute(path: str, cwd: str) -> str:
+    """``path`` made absolute against ``cwd`` (run.sh's ``$PWD/path``); '' and absolute paths as they are."""
+    if not path or os.path.isabs(path):
+        return path
+    return f"{cwd}/{path}"
+
+
+def resolve_user_paths(opts: Options, cwd: str) -> Options:
+    """The user's paths made absolute against ``cwd`` (the caller's folder), since the run itself
+    happens in the repository root: the folders and the ids file always; ``--fr`` when it names a
+    file there (else it is relative to the repository); ``--out`` when given (the default
+    ``outputs`` is the repository's)."""
+    opts.photos, opts.calibration, opts.target, opts.calibration_ids = (
+        absolute(p, cwd) for p in (opts.photos, opts.calibration, opts.target, opts.calibration_ids))
+    if opts.fr and os.path.isfile(os.path.join(cwd, opts.fr)):
+        opts.fr = absolute(opts.fr, cwd)
+    if opts.out_set:
+        opts.out = absolute(opts.out, cwd)
+    return opts
+
+
+@contextlib.contextmanager
+def working_folder(path: str | os.PathLike) -> Iterator[None]:
+    """Run the body in ``path`` (the repository root) and return to the previous folder after."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+# ---- FR model -----------------------------------------------------------------------------------
+
+@dataclass
+class FRInfo:
+    """What the run needs to know of an FR config."""
+
+    arch: str
+    size: int            # input side in pixels (the first of [H, W])
+    weights_ok: bool     # the weights file exists (or none is needed)
+
+
+def fr_info(config: str, strict: bool = False) -> FRInfo:
+    """Architecture, input size and weights status of an FR config (the configs' own messages:
+    FroqError for a bad config, and with ``strict`` also for missing weights)."""
+    from face_recognition_model.loading import load_fr_config, resolve_weights
+
+    cfg = load_fr_config(config)
+    try:
+        resolve_weights(cfg)
+        ok = True
+    except FroqError:
+        if strict:
+            raise
+        ok = False
+    size = cfg["preprocess"]["size"]
+    size = size if isinstance(size, int) else size[0]
+    return FRInfo(cfg["model"]["arch"], int(size), ok)
+
+
+def choose_fr_config(fr: str = "") -> str:
+    """The FR config of the run: ``fr`` when given; else AdaFace IR-101 (``DEFAULT_FR``) when its
+    weights exist, otherwise dlib's ResNet (``FALLBACK_FR``, no download), said in one line."""
+    if fr:
+        return fr
+    if fr_info(DEFAULT_FR).weights_ok:
+        return DEFAULT_FR
+    print(f"AdaFace weights of {DEFAULT_FR} are absent: using dlib's ResNet "
+          f"({FALLBACK_FR}, no download needed)", flush=True)
+    return FALLBACK_FR
+
+
+def alignment_template(size: int) -> str | None:
+    """The ``preparation/align.py`` template for a model input size (150 → dlib150, 112 →
+    arcface112); None when there is none."""
+    return TEMPLATES.get(size)
+
+
+def occlusion_cell(size: int) -> int:
+    """Occlusion cell of the pseudo-labels: an 8×8 grid as the paper's 14 px on 112 px (19 on 150)."""
+    return (size + 4) // 8
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+def has_images(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds at least one image (any problem reads as no)."""
+    try:
+        from froq.core.images import list_images
+        return bool(list_images(folder))
+    except Exception:
+        return False
+
+
+def calibration_ids_beside(photos: str) -> str | None:
+    """``PHOTOS/../calibration_pool.txt`` when it exists (how ../shared/data/lfw is split)."""
+    candidate = f"{photos}/../{POOL_FILE}"
+    return candidate if os.path.isfile(candidate) else None
+
+
+def yaml_quoted(value: str) -> str:
+    """A YAML single-quoted scalar, so any path survives ``--set key=value`` parsing."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def stage_argv(stage: str, common: Sequence[str], **keys: str) -> list[str]:
+    """``-c configs/<stage>.yaml`` + the common ``--set`` pairs + one ``--set key=value`` per key
+    (``dataset__path`` → ``dataset.path``)."""
+    argv = ["-c", STAGE_CONFIGS[stage], *common]
+    for key, value in keys.items():
+        argv += ["--set", f"{key.replace('__', '.')}={value}"]
+    return argv
+
+
+# ---- steps --------------------------------------------------------------------------------------
+
+def step(name: str, func: Callable[[], object]) -> object:
+    """Print ``== name`` and run ``func()`` like a stage command (``froq.core.cli.run_main``: a
+    FroqError or OSError becomes its ``error: ...`` line). On failure print which step stopped the
+    run and raise ``Stopped`` with the exit code. Out: what ``func`` returned."""
+    print(f"== {name}", flush=True)
+    box = {}
+
+    def call(_argv):
+        box["result"] = func()
+
+    try:
+        code = run_main(call, None)
+    except SystemExit as exc:  # an argparse error inside a stage
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:  # a bug rather than a user error: the traceback, as a crashed command would
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    if code == 130:  # Ctrl-C: run_main said so already
+        raise Stopped(code)
+    if code != 0:
+        print(f"run.sh: stopped: {name} failed (exit {code}); fix the problem above and run again "
+              "(finished work resumes)", file=sys.stderr, flush=True)
+        raise Stopped(code)
+    return box.get("result")
+
+
+def stage_step(name: str, main: Callable, argv: Sequence[str]) -> None:
+    """A stage command (``main(argv)``) as a ``step``."""
+    step(name, lambda: main(list(argv)))
+
+
+# ---- summary ------------------------------------------------------------------------------------
+
+def write_summary(out: str | os.PathLike, fr_config: str, calibration: str, target: str) -> dict:
+    """Summarise a finished run from ``out``'s ``observer.json``, ``qualities.csv`` and
+    ``labels.csv``; write ``out/summary.json`` (atomically). Out: the summary dict: FR config,
+    calibration folder and image count, target folder and scored count, selected layers, the
+    observer's Spearman with the pseudo-labels (greedy step of the selection), quality
+    min/median/max, output paths."""
+    import csv
+
+    import numpy as np
+
+    from froq.core.io import read_json, write_json
+
+    out = Path(out)
+    obs = read_json(out / "observer.json")
+    with open(out / "qualities.csv", newline="") as fh:
+        q = np.array([float(r["quality"]) for r in csv.DictReader(fh)])
+    with open(out / "labels.csv", newline="") as fh:
+        n_labels = sum(1 for _ in csv.DictReader(fh))
+    sel = obs["selected_layers"]
+    rho = obs["greedy"][len(sel) - 1]["spearman"]
+    summary = {"fr_config": fr_config, "calibration": calibration, "calibration_images": n_labels,
+               "target": target, "target_images": int(len(q)), "selected_layers": sel,
+               "calibration_spearman": rho,
+               "quality": {"min": float(q.min()), "median": float(np.median(q)), "max": float(q.max())},
+               "outputs": {"labels": str(out / "labels.csv"), "observer": str(out / "observer.json"),
+                           "qualities": str(out / "qualities.csv")}}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def summary_lines(summary: dict, out: str | os.PathLike) -> list[str]:
+    """The printed summary of ``write_summary``'s dict (``== summary`` first)."""
+    out = Path(out)
+    q = summary["quality"]
+    return ["", "== summary",
+            f"FR config:        {summary['fr_config']}",
+            f"calibration:      {summary['calibration_images']} images ({summary['calibration']})",
+            f"selected layers:  {', '.join(summary['selected_layers'])}",
+            f"Spearman (observer vs pseudo-labels, calibration set): {summary['calibration_spearman']:.3f}",
+            f"target:           {summary['target_images']} images scored ({summary['target']}); "
+            f"quality min/median/max {q['min']:.4g}/{q['median']:.4g}/{q['max']:.4g} (higher = better)",
+            f"outputs:          {out / 'qualities.csv'} (path,quality), {out / 'observer.json'}, "
+            f"{out / 'labels.csv'}, {out / 'summary.json'}"]
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def run(opts: Options) -> int:
+    """The whole run in the current folder (the repository root), paths already resolved.
+    Out: 0. Raises RunError, FroqError or Stopped."""
+    from froq.core.images import list_images
+
+    fr = choose_fr_config(opts.fr)
+    if not os.path.isfile(fr):
+        raise RunError(f"--fr: FR config not found: {fr}")
+    info = fr_info(fr, strict=True)
+    template = alignment_template(info.size)
+    mpx = occlusion_cell(info.size)
+    print(f"FR model: {info.arch} ({fr}), input {info.size}px", flush=True)
+
+    calib, target, out = opts.calibration, opts.target, opts.out
+    if not opts.photos and not calib:
+        if os.path.isdir(DEFAULT_CALIBRATION) and has_images(DEFAULT_CALIBRATION):
+            calib = DEFAULT_CALIBRATION
+        else:
+            raise RunError("nothing to calibrate on: pass --photos DIR (a folder of face photos, e.g. "
+                           "../shared/data/lfw/images), or --calibration DIR (aligned faces) [--target DIR], "
+                           "or put aligned calibration faces into calibration_dataset/ (see ./run.sh -h)")
+    os.makedirs(out, exist_ok=True)
+    cal_source = ""   # clean aligned calibration sources to build from (photos only)
+
+    if opts.photos:
+        from preparation import align
+        from preparation.split import split_aligned
+
+        if not template:
+            raise RunError(f"no alignment template for a {info.size}px model: align the photos yourself "
+                           "and pass --calibration/--target")
+        aligned = f"{out}/aligned/{template}"
+        stage_step(f"align photos ({template}) -> {aligned}", align.main,
+                   ["--input", opts.photos, "--output", aligned, "--template", template,
+                    "--select", opts.select, "--fallback", opts.fallback])
+        ids = opts.calibration_ids
+        if not ids:
+            ids = calibration_ids_beside(opts.photos) or ""
+            if ids:
+                print(f"calibration identities: {ids} (found beside the photos)", flush=True)
+        mode = "all-calibration" if target else "all-target" if calib else "split"
+        split_dir = f"{out}/split"
+        cap = opts.max_calibration or DEFAULT_CAP
+        result = step(f"split aligned photos into calibration / target ({split_dir})",
+                      lambda: split_aligned(aligned, split_dir, mode, opts.every, ids or None, cap))
+        print(result.summary_line(), flush=True)
+        if not calib:
+            cal_source = f"{split_dir}/calibration"
+        if not target:
+            target = f"{split_dir}/target"
+
+    if cal_source:
+        from preparation.calibration import main as build_main
+
+        calib = f"{out}/calibration"
+        stage_step(f"build calibration set ({opts.variants} degraded variant(s) per source) -> {calib}",
+                   build_main, ["--source", cal_source, "--output", calib, "--variants", str(opts.variants),
+                                "--seed", str(opts.seed), *(["--keep-clean"] if opts.keep_clean else [])])
+    elif opts.max_calibration:
+        from preparation.split import subsample_folder
+
+        folder, total = subsample_folder(calib, opts.max_calibration, f"{out}/calibration_subset")
+        if total > opts.max_calibration:
+            print(f"using {opts.max_calibration} of {total} images of {calib} (evenly spaced; "
+                  "--max-calibration)", file=sys.stderr, flush=True)
+            calib = str(folder)
+    if not target:
+        target = calib
+        print("no --target: scoring the calibration images themselves", flush=True)
+    counts = [len(list_images(d)) for d in (calib, target)]
+    print(f"calibration: {counts[0]} images in {calib}; target: {counts[1]} images in {target}", flush=True)
+
+    from baselineFIQA.main import main as labels_main
+    from observer.inference import main as inference_main
+    from observer.initialization import main as init_main
+
+    q = yaml_quoted
+    common = ["--set", f"face_recognition_config={q(fr)}", "--set", f"device={q(opts.device)}",
+              "--set", f"seed={opts.seed}"]
+    labels, observer, qualities = f"{out}/labels.csv", f"{out}/observer.json", f"{out}/qualities.csv"
+    stage_step("pseudo-labels (~76 forward passes per image)", labels_main,
+               stage_argv("labels", common, dataset__path=q(calib), dataset__image_size=str(info.size),
+                          dataset__mpx=str(mpx), outpath=q(labels)))
+    stage_step("observer initialisation", init_main,
+               stage_argv("init", common, dataset__path=q(calib), label_location=q(labels),
+                          outpath=q(observer)))
+    stage_step("FROQ qualities", inference_main,
+               stage_argv("inference", common, target_dataset=q(target), observer_data=q(observer),
+                          outpath=q(qualities)))
+
+    summary = write_summary(out, fr, calib, target)
+    print("\n".join(summary_lines(summary, out)), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """run.sh's command line (``HELP``). Out: the exit code: 0, 2 for a problem with the options,
+    the inputs or a step's user error, the step's own code otherwise (130 after Ctrl-C)."""
+    try:
+        opts = parse_args(argv)
+        if opts is None:
+            print(HELP)
+            return 0
+        opts = resolve_user_paths(opts, os.getcwd())
+        with working_folder(REPO):
+            return run(opts)
+    except RunError as exc:
+        print(f"run.sh: {exc}", file=sys.stderr)
+        return 2
+    except FroqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Stopped as exc:
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
