@@ -9,7 +9,7 @@ named relative to it), as run.sh always did:
 
 1. ``choose_fr_config``: AdaFace IR-101 when its weights exist, else dlib's ResNet (said in one
    line); ``fr_info`` gives the architecture and input size, which pick the alignment template
-   (``alignment_template``) and the occlusion cell (``occlusion_cell``).
+   (``alignment_template``) and the occlusion cell (``baselineFIQA.perturbations.default_mpx``).
 2. ``--photos``: aligned with ``preparation.align``, split by identity with
    ``preparation.split.split_aligned`` (``calibration_ids_beside`` finds a ``calibration_pool.txt``
    beside the photos), calibration sources capped at 300 and degraded with
@@ -279,11 +279,6 @@ def alignment_template(size: int) -> str | None:
     return TEMPLATES.get(size)
 
 
-def occlusion_cell(size: int) -> int:
-    """Occlusion cell of the pseudo-labels: an 8×8 grid as the paper's 14 px on 112 px (19 on 150)."""
-    return (size + 4) // 8
-
-
 # ---- inputs -------------------------------------------------------------------------------------
 
 def has_images(folder: str | os.PathLike) -> bool:
@@ -401,6 +396,7 @@ def summary_lines(summary: dict, out: str | os.PathLike) -> list[str]:
 def run(opts: Options) -> int:
     """The whole run in the current folder (the repository root), paths already resolved.
     Out: 0. Raises RunError, FroqError or Stopped."""
+    from baselineFIQA.perturbations import default_mpx
     from froq.core.images import list_images
 
     fr = choose_fr_config(opts.fr)
@@ -408,7 +404,7 @@ def run(opts: Options) -> int:
         raise RunError(f"--fr: FR config not found: {fr}")
     info = fr_info(fr, strict=True)
     template = alignment_template(info.size)
-    mpx = occlusion_cell(info.size)
+    mpx = default_mpx(info.size)
     print(f"FR model: {info.arch} ({fr}), input {info.size}px", flush=True)
 
     calib, target, out = opts.calibration, opts.target, opts.out

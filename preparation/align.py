@@ -72,7 +72,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 
 from froq.core.cli import run_main, setup_logging
 from froq.core.errors import FroqError
-from froq.core.images import list_images, load_rgb
+from froq.core.images import list_images, load_rgb, save_rgb
 from froq.core.io import RowLog, read_csv, read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,6 @@ ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.736
 #: fallback face box as fractions (left, top, right, bottom) of (width, height, width, height).
 FALLBACK_BOX = (0.31, 0.36, 0.72, 0.76)
 DLIB150_SIZE, DLIB150_PADDING = 150, 0.25
-JPEG_QUALITY = 95
 
 CSV_HEADER = (["path", "output", "status", "n_faces", "face_index", "upsampled",
                "left", "top", "right", "bottom"]
@@ -292,26 +291,6 @@ def output_name(rel: str, ext: str) -> str:
     return str(Path(rel).with_suffix("." + ext).as_posix())
 
 
-def save_image(arr: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an RGB uint8 array atomically (temporary file + rename; no fsync, for speed).
-
-    The format follows the suffix: PNG (lossless, fast compression level 1), JPEG at quality 95.
-    """
-    path = Path(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}.get(
-        path.suffix.lower(), "PNG")
-    kwargs = {"JPEG": {"quality": JPEG_QUALITY}, "WEBP": {"lossless": True},
-              "PNG": {"compress_level": 1}}.get(fmt, {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(arr).save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def result_row(rel: str, out_rel: str, res: AlignResult) -> list:
     """One ``landmarks.csv`` row (``CSV_HEADER`` order) for an image's ``AlignResult``."""
     box = list(res.box) if res.box is not None else [""] * 4
@@ -337,7 +316,7 @@ def _align_task(task: tuple[str, str, str, str]) -> list:
     in_root, rel, out_root, out_rel = task
     res = _WORKER.align_file(Path(in_root) / rel)
     if res.chip is not None:
-        save_image(res.chip, Path(out_root) / out_rel)
+        save_rgb(res.chip, Path(out_root) / out_rel)
     return result_row(rel, out_rel, res)
 
 

@@ -49,7 +49,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 
 from froq.core.cli import run_main, setup_logging
 from froq.core.errors import FroqError
-from froq.core.images import FailureLog, list_images, load_rgb
+from froq.core.images import JPEG_QUALITY, FailureLog, list_images, load_rgb, save_rgb
 from froq.core.io import write_csv, write_json
 from preparation.degradations import DEFAULTS, describe, psnr, random_degradation
 from preparation.split import identity_of
@@ -57,7 +57,6 @@ from preparation.split import identity_of
 log = logging.getLogger(__name__)
 
 MANIFEST_HEADER = ["path", "source", "identity", "variant", "severity", "degradations", "psnr_db"]
-JPEG_QUALITY = 95
 _READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
@@ -76,20 +75,6 @@ def identity_folders(rels: Sequence[str], mode: str = "map") -> dict[str, str]:
 def variant_rng(seed: int, rel: str, variant: int) -> np.random.Generator:
     """The generator of one variant: seeded by (seed, CRC-32 of the source path, variant)."""
     return np.random.default_rng([int(seed), zlib.crc32(rel.encode("utf-8")), int(variant)])
-
-
-def save_image(arr: np.ndarray, path: Path) -> None:
-    """Write an RGB uint8 image atomically (temporary file + rename); JPEG q=95 or PNG by suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    kwargs = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {"compress_level": 1}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(arr).save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _saved_pixels(path: Path) -> np.ndarray:
@@ -135,7 +120,7 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
                 img, severity, steps = random_degradation(clean, variant_rng(seed, rel, k))
             out_rel = (PurePosixPath(folder) / f"{stem}_v{k}.{ext}").as_posix() if folder \
                 else f"{stem}_v{k}.{ext}"
-            save_image(img, output / out_rel)
+            save_rgb(img, output / out_rel)
             quality = psnr(clean, _saved_pixels(output / out_rel))
             rows.append([out_rel, rel, identity_of(rel), k, round(severity, 6), describe(steps),
                          round(quality, 3) if np.isfinite(quality) else "inf"])

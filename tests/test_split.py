@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from baselineFIQA.perturbations import default_mpx
 from froq import pipeline
 from froq.core.errors import FroqError
 from preparation import calibration, split
@@ -216,7 +217,7 @@ def test_options_help_and_paths(tmp_path, capsys):
     assert opts.fr == "configs/fr/nowhere.yaml" and opts.out == "outputs"
     assert (pipeline.alignment_template(150), pipeline.alignment_template(112),
             pipeline.alignment_template(224)) == ("dlib150", "arcface112", None)
-    assert (pipeline.occlusion_cell(112), pipeline.occlusion_cell(150)) == (14, 19)
+    assert (default_mpx(112), default_mpx(150)) == (14, 19)
     odd = "/a b/it's: [x]"
     assert yaml.safe_load(pipeline.yaml_quoted(odd)) == odd
     assert pipeline.stage_argv("init", ["--set", "seed=0"], dataset__path="'d'") == \

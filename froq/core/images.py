@@ -271,3 +271,26 @@ class FailureLog:
             return "no unreadable images"
         names = ", ".join(p for p, _ in self.items[:5]) + (" ..." if len(self.items) > 5 else "")
         return f"{len(self.items)} unreadable image(s) skipped: {names}"
+
+
+JPEG_QUALITY = 95  # every JPEG the toolkit writes (aligned chips, calibration variants)
+
+
+def save_rgb(arr: np.ndarray, path: str | os.PathLike) -> None:
+    """The one image writer: an RGB uint8 array (H, W, 3) to ``path``, atomically (temporary file +
+    rename; no fsync, for speed). The format follows the suffix: JPEG at quality ``JPEG_QUALITY``,
+    PNG (lossless, compression level 1), BMP, WebP (lossless); another suffix gets PNG content.
+    """
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP"}.get(
+        path.suffix.lower(), "PNG")
+    kwargs = {"JPEG": {"quality": JPEG_QUALITY}, "WEBP": {"lossless": True},
+              "PNG": {"compress_level": 1}}.get(fmt, {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(arr).save(tmp, format=fmt, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
