@@ -37,7 +37,7 @@ def test_every_subcommand_has_help(name, capsys):
         code = exc.code
     assert code == 0
     out = capsys.readouterr().out
-    assert out.lower().startswith("usage:") and len(out.splitlines()) > 5
+    assert "usage:" in out.lower() and len(out.splitlines()) > 5
     if name in STAGES:  # config-driven stages list their keys with defaults
         assert "config keys" in out and STAGES[name] in out
 
