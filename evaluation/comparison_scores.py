@@ -237,6 +237,8 @@ def read_scores_csv(path: str | os.PathLike, protocol: PairProtocol) -> np.ndarr
         if not np.isfinite(value):
             raise FroqError(f"{path}:{line_no}: score is not finite ({row['score']!r})")
         a, b = normalise_rel_path(row["path1"]), normalise_rel_path(row["path2"])
+        if (a, b) in table or (b, a) in table:
+            raise FroqError(f"{path}:{line_no}: a second score for the pair {a}, {b}: keep one row per pair")
         table[(a, b)] = value
     out = np.empty(len(protocol.pairs), dtype=np.float64)
     missing = []

@@ -37,7 +37,7 @@ BENCHMARK_TYPES = {
 }
 _COMMON_KEYS = {"name", "type", "scores", "qualities"}
 _OPTIONAL_KEYS = {"lfw_pairs": set(), "xqlfw": {"root", "images", "pairs"}, "insightface_bin": {"images"},
-                  "csv": set()}
+                  "csv": {"allow_outside_root"}}
 
 
 @dataclass
@@ -144,7 +144,8 @@ def load_protocol(entry: BenchmarkEntry, outdir: Path) -> PairProtocol:
     if entry.type == "xqlfw":
         return read_xqlfw(o.get("root"), o.get("images"), o.get("pairs"), name=entry.name)
     if entry.type == "csv":
-        return read_pairs_csv(o["images"], o["pairs"], name=entry.name)
+        return read_pairs_csv(o["images"], o["pairs"], name=entry.name,
+                              allow_outside_root=bool(o.get("allow_outside_root", False)))
     export = o.get("images") or outdir / "bin_images" / safe_name(entry.name)
     return read_insightface_bin(o["path"], export, name=entry.name)
 

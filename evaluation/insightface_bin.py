@@ -112,6 +112,9 @@ def fold_ids(n_pairs: int, n_folds: int = N_FOLDS) -> np.ndarray:
     return np.repeat(np.arange(n_folds), sizes)
 
 
+EXPANSION_BOUND = 2  # the exported images may add up to at most this × the .bin's size (+ 1 MiB)
+
+
 def read_bin(path: str | os.PathLike) -> BinData:
     """Read and check an insightface ``.bin``; return ``BinData``.
 
@@ -139,6 +142,11 @@ def read_bin(path: str | os.PathLike) -> BinData:
                         "(expected exactly two consecutive images per pair)")
     if not issame:
         raise FroqError(f"{path}: holds no pairs")
+    total, on_disk = sum(len(b) for b in images), path.stat().st_size
+    if total > EXPANSION_BOUND * on_disk + (1 << 20):
+        raise FroqError(f"{path}: its {len(images)} images add up to {total / 1e6:.1f} MB from a "
+                        f"{on_disk / 1e6:.1f} MB file (repeated references to the same bytes): refused, "
+                        f"an export may be at most {EXPANSION_BOUND}x the file size")
     labels = np.array([bool(v) for v in issame], dtype=bool)
     return BinData(path=path, images=[bytes(b) for b in images], issame=labels,
                    folds=fold_ids(labels.size))

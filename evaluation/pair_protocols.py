@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -68,7 +69,19 @@ def _index_pairs(path_pairs: Sequence[tuple[str, str]]) -> tuple[list[str], np.n
     return images, out
 
 
-def _check_images_exist(root: Path, images: Sequence[str], source: str) -> None:
+def outside_root(rel: str) -> bool:
+    """Whether a path as written (after ``normalise_rel_path``) points outside the image root:
+    absolute, or climbing out with ``..``."""
+    return rel.startswith("/") or rel == ".." or rel.startswith("../")
+
+
+def _check_images_exist(root: Path, images: Sequence[str], source: str,
+                        allow_outside_root: bool = False) -> None:
+    outside = [p for p in images if outside_root(p)]
+    if outside and not allow_outside_root:
+        raise FroqError(f"{source}: {len(outside)} image path(s) point outside the image folder {root} "
+                        f"(e.g. {outside[0]}): fix the pairs, or set allow_outside_root: true in the "
+                        "benchmark entry if that is intended")
     missing = [p for p in images if not (root / p).is_file()]
     if missing:
         raise FroqError(f"{source}: {len(missing)} of {len(images)} image(s) not found under {root} "
@@ -179,7 +192,8 @@ _TRUE = {"1", "true", "yes", "genuine", "same", "mated"}
 _FALSE = {"0", "false", "no", "impostor", "different", "nonmated"}
 
 
-def read_pairs_csv(images_dir: str | os.PathLike, csv_file: str | os.PathLike, name: str = "pairs") -> PairProtocol:
+def read_pairs_csv(images_dir: str | os.PathLike, csv_file: str | os.PathLike, name: str = "pairs",
+                   allow_outside_root: bool = False) -> PairProtocol:
     """Generic CSV ``path1,path2,genuine[,fold]`` (paths relative to ``images_dir``; genuine 1/0 or
     true/false) → ``PairProtocol``. FroqError naming file and line for a bad row or missing image."""
     root = Path(images_dir)
@@ -206,7 +220,7 @@ def read_pairs_csv(images_dir: str | os.PathLike, csv_file: str | os.PathLike, n
             except (TypeError, ValueError):
                 raise FroqError(f"{source}:{line_no}: fold must be an integer (found {row['fold']!r})") from None
     images, idx = _index_pairs(path_pairs)
-    _check_images_exist(root, images, source)
+    _check_images_exist(root, images, source, allow_outside_root)
     return PairProtocol(name=name, image_root=root, images=images, pairs=idx,
                         genuine=np.asarray(genuine, dtype=bool),
                         folds=np.asarray(folds, dtype=np.int64) if has_fold else None, source=source)
@@ -225,8 +239,8 @@ def read_insightface_bin(bin_file: str | os.PathLike, export_dir: str | os.PathL
 
 
 def normalise_rel_path(p: str) -> str:
-    """A path as written in a CSV → the relative POSIX form used as key (``./a\\b.jpg`` → ``a/b.jpg``)."""
-    p = str(p).strip().replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    return os.path.normpath(p).replace(os.sep, "/") if p else p
+    """A path as written in a CSV → the key that names its image: exactly as written (spaces and
+    backslashes are part of a POSIX file name) except redundant ``./`` and ``//`` (``./a//b.jpg``
+    → ``a/b.jpg``). Two spellings of one image in one file are an error where they are read."""
+    p = str(p)
+    return posixpath.normpath(p) if p else p

@@ -55,9 +55,13 @@ def check_template(template: str, where: str) -> str:
     if not isinstance(template, str) or not template:
         raise FroqError(f"{where}: expected a CSV path (template), got {template!r}")
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
         raise FroqError(f"{where}: bad template {template!r} ({exc}); write literal braces as {{{{ }}}}") from None
+    if any(spec or conv for _, spec, conv in parsed):
+        raise FroqError(f"{where}: {template!r}: placeholders take no format spec or conversion "
+                        "(write {benchmark} or {model} alone)")
+    fields = [f for f, _, _ in parsed]
     unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
     if unknown:
         raise FroqError(f"{where}: unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} in "
@@ -122,6 +126,7 @@ def image_qualities(source: QualitySource, protocol: PairProtocol, missing: str 
         raise FroqError(f"{source.path}: holds no quality rows")
     root = protocol.image_root.resolve()
     table: dict[str, float] = {}
+    written: dict[str, str] = {}
     for p, q in raw.items():
         key = normalise_rel_path(p)
         if os.path.isabs(key):
@@ -129,6 +134,10 @@ def image_qualities(source: QualitySource, protocol: PairProtocol, missing: str 
                 key = Path(key).resolve().relative_to(root).as_posix()
             except ValueError:
                 pass
+        if key in table:
+            raise FroqError(f"{source.path}: rows {written[key]!r} and {p!r} name the same image "
+                            f"({key}): keep one of them")
+        written[key] = p
         table[key] = q if source.higher_is_better else -q
     values = np.array([table.get(p, np.nan) for p in protocol.images], dtype=np.float64)
     absent = [protocol.images[i] for i in np.flatnonzero(np.isnan(values))]

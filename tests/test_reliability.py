@@ -353,3 +353,54 @@ def test_outputs_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
+
+
+# -- 5. evaluation paths are taken as written ------------------------------------------------------
+
+def test_evaluation_paths_are_exact_duplicates_are_errors_and_pairs_stay_inside(tmp_path):
+    from evaluation.pair_protocols import read_pairs_csv
+    from evaluation.quality_methods import QualitySource, image_qualities
+
+    root = tmp_path / "imgs"
+    for name in ("a.png", " a.png", "b.png", "c\\d.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(root / name, format="PNG")
+    (tmp_path / "outside.png").write_bytes((root / "a.png").read_bytes())
+    pairs = tmp_path / "pairs.csv"
+    write_csv(pairs, ["path1", "path2", "genuine"], [["a.png", " a.png", 1], ["b.png", "c\\d.png", 0]])
+    protocol = read_pairs_csv(root, pairs)
+    assert protocol.images == ["a.png", " a.png", "b.png", "c\\d.png"]  # four images, as written
+
+    q = tmp_path / "q.csv"
+    write_csv(q, ["path", "quality"], [[" a.png", 1.0], ["a.png", 2.0], ["b.png", 3.0], ["c\\d.png", 4.0]])
+    got = image_qualities(QualitySource("m", q, "quality", True), protocol)
+    assert got.tolist() == [2.0, 1.0, 3.0, 4.0]
+    write_csv(q, ["path", "quality"], [["./b.png", 1.0], ["b.png", 2.0], ["a.png", 0.0],
+                                       [" a.png", 0.0], ["c\\d.png", 0.0]])
+    with pytest.raises(FroqError, match=r"rows './b.png' and 'b.png' name the same image"):
+        image_qualities(QualitySource("m", q, "quality", True), protocol)
+
+    write_csv(pairs, ["path1", "path2", "genuine"], [["a.png", "../outside.png", 1]])
+    with pytest.raises(FroqError, match="point outside the image folder"):
+        read_pairs_csv(root, pairs)
+    assert read_pairs_csv(root, pairs, allow_outside_root=True).images == ["a.png", "../outside.png"]
+
+
+# -- 8. bounded expansion: .bin exports, path templates ---------------------------------------------
+
+def test_bin_with_repeated_references_and_format_specs_are_refused(tmp_path):
+    import pickle
+
+    from evaluation.insightface_bin import read_bin
+    from evaluation.quality_methods import check_template
+
+    blob = bytes(200_000)
+    path = tmp_path / "rep.bin"
+    images = [blob] * 400  # one bytes object, pickled once, referenced 400 times: 80 MB from 0.2 MB
+    path.write_bytes(pickle.dumps((images, [True] * 200), protocol=4))
+    assert path.stat().st_size < 300_000
+    with pytest.raises(FroqError, match="repeated references"):
+        read_bin(path)
+    with pytest.raises(FroqError, match="no format spec"):
+        check_template("q/{benchmark:>999999999}.csv", "qualities.m")
+    assert check_template("q/{benchmark}_{model}.csv", "qualities.m")
