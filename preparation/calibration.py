@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import zlib
 from pathlib import Path, PurePosixPath
@@ -50,7 +51,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 from froq.core.cli import run_main, setup_logging
 from froq.core.errors import FroqError
 from froq.core.images import JPEG_QUALITY, FailureLog, list_images, load_rgb, save_rgb
-from froq.core.io import write_csv, write_json
+from froq.core.io import read_csv, write_csv, write_json
 from preparation.degradations import DEFAULTS, describe, psnr, random_degradation
 from preparation.split import identity_of
 
@@ -101,6 +102,7 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
     if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
         raise FroqError(f"--output {output} is inside --source {source}: choose a folder outside it")
     rels = list_images(source)
+    earlier = _earlier_build(output)
     mapping = identity_folders(rels, folders)
     failures = FailureLog("calibration build")
     rows: list[list] = []
@@ -132,7 +134,7 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
                 "folders": folders, "ext": ext, "jpeg_quality": JPEG_QUALITY,
                 "degradations": dataclasses.asdict(DEFAULTS)}
     write_json(output / "build.json", {"settings": settings, "summary": summary})
-    _warn_stale(output, {r[0] for r in rows})
+    _remove_stale(output, earlier, {r[0] for r in rows})
     return summary
 
 
@@ -152,12 +154,36 @@ def summarize(rows: Sequence[Sequence], n_sources: int, failures: FailureLog) ->
             **spread}
 
 
-def _warn_stale(output: Path, written: set[str]) -> None:
-    """Warn when ``output`` holds images this build did not write (e.g. from an earlier run)."""
-    stale = [p for p in list_images(output) if p not in written]
+_BUILT_NAME = re.compile(r"_v\d+\.(jpg|png)$")
+
+
+def _earlier_build(output: Path) -> list[str]:
+    """Images an earlier build left in ``output`` (in its manifest, or named ``<stem>_vK.jpg|png``
+    by an interrupted one). FroqError when ``output`` holds images the builder did not make."""
+    if not output.is_dir():
+        return []
+    try:
+        existing = list_images(output)
+    except FroqError:  # no image there
+        return []
+    manifest = output / "manifest.csv"
+    listed = {r["path"] for r in read_csv(manifest, required=("path",))} if manifest.is_file() else set()
+    foreign = [p for p in existing if p not in listed and not _BUILT_NAME.search(p)]
+    if foreign:
+        raise FroqError(f"--output {output} holds {len(foreign)} image(s) this builder did not make "
+                        f"(e.g. {foreign[0]}): use an empty or new --output folder")
+    return existing
+
+
+def _remove_stale(output: Path, earlier: Sequence[str], written: set[str]) -> None:
+    """Delete the images of an earlier build that this build did not write (other --variants,
+    --keep-clean, --ext or sources), so the folder holds exactly what the current options say."""
+    stale = [p for p in earlier if p not in written]
+    for rel in stale:
+        (output / rel).unlink(missing_ok=True)
     if stale:
-        log.warning("%s holds %d image(s) not written by this build (e.g. %s); they are not in "
-                    "manifest.csv — use an empty --output folder", output, len(stale), stale[0])
+        log.info("%s: removed %d image(s) of an earlier build with other options (e.g. %s)",
+                 output, len(stale), stale[0])
 
 
 def summary_line(summary: dict) -> str:

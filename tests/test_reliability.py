@@ -404,3 +404,22 @@ def test_bin_with_repeated_references_and_format_specs_are_refused(tmp_path):
     with pytest.raises(FroqError, match="no format spec"):
         check_template("q/{benchmark:>999999999}.csv", "qualities.m")
     assert check_template("q/{benchmark}_{model}.csv", "qualities.m")
+
+
+# -- 6. a rebuilt calibration set holds exactly what the current options say -----------------------
+
+def test_rebuilding_with_other_options_leaves_no_stale_variants(tmp_path):
+    from froq.core.images import list_images
+    from preparation.calibration import build_calibration_set
+
+    source = tmp_path / "src"
+    faces(source, 4, size=64)
+    out = tmp_path / "calib"
+    build_calibration_set(source, out, variants=2, keep_clean=True, seed=0)
+    assert len(list_images(out)) == 12
+    build_calibration_set(source, out, variants=1, seed=0)
+    built = list_images(out)
+    assert len(built) == 4 and all(p.endswith("_v1.jpg") for p in built)
+    (out / "mine.jpg").write_bytes((out / built[0]).read_bytes())
+    with pytest.raises(FroqError, match="holds 1 image.* this builder did not make"):
+        build_calibration_set(source, out, variants=1, seed=0)
