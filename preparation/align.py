@@ -72,7 +72,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 
 from froq.core.cli import run_main, setup_logging
 from froq.core.errors import FroqError
-from froq.core.images import list_images, load_rgb, save_rgb
+from froq.core.images import list_images, load_rgb, printable, save_rgb, valid_utf8
 from froq.core.io import RowLog, read_csv, read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,10 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     rows: dict[str, list] = {}
     todo = []
     for rel in rels:
+        if not valid_utf8(rel):  # listed, never lost: its name cannot go into landmarks.csv as is
+            rows[rel] = result_row(printable(rel), "", AlignResult(
+                status="unreadable", reason="file name is not valid UTF-8: rename the file"))
+            continue
         out_rel = output_name(rel, ext)
         row = known.get(rel)
         if row is not None and row[2] in DONE_STATUSES and (

@@ -423,3 +423,21 @@ def test_rebuilding_with_other_options_leaves_no_stale_variants(tmp_path):
     (out / "mine.jpg").write_bytes((out / built[0]).read_bytes())
     with pytest.raises(FroqError, match="holds 1 image.* this builder did not make"):
         build_calibration_set(source, out, variants=1, seed=0)
+
+
+def test_alignment_lists_bombs_and_undecodable_names_and_aligns_the_rest(tmp_path):
+    from preparation.align import align_folder
+
+    photos = tmp_path / "photos"
+    faces(photos, 2, size=200)
+    side = int(MAX_PIXELS ** 0.5) + 100
+    Image.new("1", (side, side)).save(photos / "id0" / "bomb.png")
+    with open(os.fsencode(photos / "id1") + b"/\xff.png", "wb") as fh:
+        Image.new("RGB", (64, 64)).save(fh, format="PNG")
+    summary = align_folder(photos, tmp_path / "aligned", template="dlib150", fallback="center-box",
+                           workers=1)
+    assert summary["images"] == 4 and summary["unreadable"] == 2
+    rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "aligned" / "landmarks.csv"))}
+    assert rows["id0/bomb.png"]["status"] == "unreadable" and "pixel limit" in rows["id0/bomb.png"]["reason"]
+    assert rows["id1/\\xff.png"]["status"] == "unreadable"
+    assert sum(r["status"] in ("ok", "fallback") for r in rows.values()) == 2
