@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from froq.core.cli import run_main
+from froq.core.cli import add_config_options, apply_config, run_main
 from froq.core.errors import FroqError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,8 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
   --every K             identity split ratio without an ids file (default 4: 1 in 4 to calibration)
   --select largest|center      face choice when a photo holds several (default largest)
   --fallback none|center-box   photos without a detected face: skip (default) or use a central box
+  -c, --config FILE     YAML file of these options (keys = option names, e.g. max-calibration: 500)
+  --set KEY=VALUE       one option value, e.g. --set variants=2 (repeatable)
   -h, --help            this help
 
 Without arguments: the calibration set is calibration_dataset/ (if it holds images) and its own
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(opt, dest=dest, default=None)
     p.add_argument("--keep-clean", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
-    return p
+    return add_config_options(p)
 
 
 @dataclass
@@ -154,7 +156,9 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None) -> Options | None:
     """Command line → checked ``Options``; None when help was asked for. Raises RunError."""
-    ns, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    apply_config(parser, argv)
+    ns, unknown = parser.parse_known_args(argv)
     if ns.help:
         return None
     if unknown:

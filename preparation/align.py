@@ -70,7 +70,7 @@ from PIL import Image, UnidentifiedImageError
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from froq.core.cli import run_main, setup_logging
+from froq.core.cli import add_config_options, parse_with_config, run_main, setup_logging
 from froq.core.errors import FroqError
 from froq.core.images import list_images, load_rgb, printable, save_rgb, valid_utf8
 from froq.core.io import RowLog, read_csv, read_json, write_csv, write_json
@@ -482,12 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ext", default="png", choices=("png", "jpg", "same"),
                    help="file type of the crops (png: lossless, the default)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    return add_config_options(p)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI entry: align a folder and print the summary line. Out: the summary dict."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     setup_logging(args.verbose)
     if args.workers < 1:
         raise FroqError(f"--workers must be >= 1 (got {args.workers})")

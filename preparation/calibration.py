@@ -48,7 +48,7 @@ from tqdm import tqdm
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from froq.core.cli import run_main, setup_logging
+from froq.core.cli import add_config_options, parse_with_config, run_main, setup_logging
 from froq.core.errors import FroqError
 from froq.core.images import JPEG_QUALITY, FailureLog, list_images, load_rgb, save_rgb
 from froq.core.io import read_csv, write_csv, write_json
@@ -213,12 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ext", default="jpg", choices=("jpg", "png"),
                    help="file type (jpg at quality 95, the default, like the official set; png lossless)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    return add_config_options(p)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI entry: build the set and print the summary line. Out: the summary dict."""
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     setup_logging(args.verbose)
     summary = build_calibration_set(args.source, args.output, args.variants, args.seed,
                                     args.keep_clean, args.folders, args.ext)

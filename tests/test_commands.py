@@ -58,3 +58,26 @@ def test_console_script_is_installed_with_the_package():
         pytest.skip(f"{script} not installed: run ./install.sh (pip install -e .)")
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "build-calibration" in proc.stdout
+
+
+def test_flag_style_commands_take_a_config_file_and_set(tmp_path, capsys):
+    """build-calibration/align accept -c CONFIG (keys = long option names) and --set, like the
+    stages; flags on the command line win; a typo names the closest key."""
+    from PIL import Image
+
+    src = tmp_path / "src" / "p1"
+    src.mkdir(parents=True)
+    for k in range(2):
+        Image.new("RGB", (32, 32), (40 * k, 90, 10)).save(src / f"a{k}.png")
+    cfg = tmp_path / "build.yaml"
+    cfg.write_text(f"source: {tmp_path / 'src'}\noutput: {tmp_path / 'out'}\nvariants: 2\nkeep-clean: true\n")
+    assert main(["build-calibration", "-c", str(cfg), "--set", "ext=png"]) == 0
+    built = sorted(p.name for p in (tmp_path / "out").rglob("*.png"))
+    assert built == ["a0_v0.png", "a0_v1.png", "a0_v2.png", "a1_v0.png", "a1_v1.png", "a1_v2.png"]
+    assert main(["build-calibration", "-c", str(cfg), "--output", str(tmp_path / "o2"), "--variants", "1"]) == 0
+    assert len(list((tmp_path / "o2").rglob("*.jpg"))) == 4  # v0 + v1 per source, jpg default
+    capsys.readouterr()
+    assert main(["build-calibration", "-c", str(cfg), "--set", "variant=3"]) == 2
+    assert "unknown key 'variant' (did you mean 'variants'?)" in capsys.readouterr().err
+    assert main(["align", "--set", "template=nope", "--input", str(src), "--output", str(tmp_path / "a")]) == 2
+    assert "template: must be one of" in capsys.readouterr().err

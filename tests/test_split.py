@@ -259,3 +259,12 @@ def test_main_without_inputs_says_what_to_pass_and_restores_the_folder(tmp_path,
     assert "FR model: dlib_resnet (" in captured.out and "input 150px" in captured.out
     assert captured.err.startswith("run.sh: nothing to calibrate on: pass --photos DIR")
     assert captured.err.count("\n") == 1
+
+
+def test_run_options_from_a_config_file_and_set(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("variants: 3\nkeep-clean: true\nevery: 5\n")
+    opts = pipeline.parse_args(["-c", str(cfg), "--set", "seed=7", "--every", "6"])
+    assert (opts.variants, opts.keep_clean, opts.seed, opts.every) == (3, True, 7, 6)
+    with pytest.raises(FroqError, match="unknown key 'varients' \\(did you mean 'variants'\\?\\)"):
+        pipeline.parse_args(["--set", "varients=2"])

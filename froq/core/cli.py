@@ -65,3 +65,67 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
         print("interrupted (finished rows are kept; run again to resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a flag-style command (align, build-calibration, run) the stages' ``-c CONFIG`` and
+    ``--set key=value``: a YAML file whose keys are the long option names (``keep-clean`` or
+    ``keep_clean``), then ``--set`` overrides, then the flags on the command line. Out: the parser."""
+    parser.add_argument("-c", "--config", dest="_config", default=None, metavar="CONFIG",
+                        help="YAML file of option values (keys = long option names)")
+    parser.add_argument("--set", dest="_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="one option value, e.g. --set variants=2 (repeatable)")
+    return parser
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """``parser.parse_args(argv)`` where values may also come from ``-c CONFIG`` / ``--set``
+    (see ``add_config_options``). Out: the namespace. FroqError naming the file and key for an
+    unknown key (with the closest one) or a value of the wrong kind."""
+    apply_config(parser, argv)
+    return parser.parse_args(argv)
+
+
+def apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """Make the values of ``-c CONFIG`` and ``--set`` in ``argv`` the parser's defaults (flags given
+    on the command line still win); options they provide are no longer required."""
+    from froq.core.config import parse_overrides, read_yaml  # noqa: WPS433 (cheap, local)
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", dest="_config", default=None)
+    pre.add_argument("--set", dest="_overrides", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    values: dict = {}
+    source = "--set"
+    if known._config:
+        values.update(read_yaml(known._config))
+        source = known._config
+    values.update(parse_overrides(known._overrides))
+    actions = {a.dest: a for a in parser._actions if a.option_strings and not a.dest.startswith("_")
+               and a.dest != "help"}
+    defaults = {}
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            import difflib
+            names = sorted(a.option_strings[-1].lstrip("-") for a in actions.values())
+            close = difflib.get_close_matches(str(key), names, n=1)
+            raise FroqError(f"{source}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                            + f"; keys: {', '.join(names)}")
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise FroqError(f"{source}: {key}: must be true or false (got {value!r})")
+        elif value is not None:
+            if isinstance(value, (dict, list)):
+                raise FroqError(f"{source}: {key}: must be a single value (got {value!r})")
+            try:
+                value = action.type(str(value)) if action.type else str(value)
+            except (TypeError, ValueError):
+                raise FroqError(f"{source}: {key}: not a valid value ({value!r})") from None
+            if action.choices is not None and value not in action.choices:
+                raise FroqError(f"{source}: {key}: must be one of {', '.join(map(str, action.choices))} "
+                                f"(got {value!r})")
+        defaults[dest] = value
+        action.required = False
+    parser.set_defaults(**defaults)
