@@ -12,25 +12,32 @@ included everywhere). A method that does not apply to the model is listed as N/A
 
 from __future__ import annotations
 
-import logging
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
-import torch
+_HERE = Path(__file__).resolve().parent
+if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == _HERE:
+    # run as a file (python benchmarks/methods.py), Python puts this folder first on sys.path,
+    # where this very file would hide the methods package: the repository root goes there instead
+    sys.path[0] = str(_HERE.parent)
 
-from baselineFIQA.methods import get_method, list_methods, run_method
-from baselineFIQA.score import method_options
-from froq.core.runner import iterate_folder
-from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, load_config, positive_int
-from froq.core.errors import FroqError
-from froq.core.images import FailureLog, list_images
-from froq.core.io import write_json
-from froq.core.stage import COMMON_KEYS
-from face_recognition_model.loading import fr_from_stage_config
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+
+from face_recognition_model.loading import fr_from_stage_config  # noqa: E402
+from froq.core.cli import run_main, setup_logging, stage_parser  # noqa: E402
+from froq.core.config import Key, load_config, positive_int  # noqa: E402
+from froq.core.errors import FroqError  # noqa: E402
+from froq.core.images import FailureLog, list_images  # noqa: E402
+from froq.core.io import write_json  # noqa: E402
+from froq.core.runner import iterate_folder  # noqa: E402
+from froq.core.stage import COMMON_KEYS  # noqa: E402
+from methods import get_method, list_methods, run_method  # noqa: E402
+from methods.score import method_options  # noqa: E402
 
 log = logging.getLogger("benchmarks.methods")
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from face_recognition_model.checkpoints import load_matching, read_checkpoint
+from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class AdaFaceBackbone(nn.Module):
     """AdaFace IR-``num_layers`` (``se=True``: IR-SE) for 112×112 BGR input in [−1, 1].
 
     ``stage_ends`` lists the indices in ``body`` of the last block of each of the four stages
-    (used by methods that need per-stage outputs, e.g. GraFIQs).
+    (the ``stages`` of its ``layout()``, used by methods that need per-stage outputs, e.g. GraFIQs).
     """
 
     def __init__(self, num_layers: int, se: bool = False) -> None:
@@ -142,6 +143,22 @@ class AdaFaceBackbone(nn.Module):
         for block in self.body:  # as the official forward: ``body`` itself is never called
             x = block(x)
         return self.output_layer(x)
+
+    def after_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic ``output_layer`` modules after its Dropout (Flatten → Linear → BN1d)."""
+        for module in list(self.output_layer)[2:]:
+            x = module(x)
+        return x
+
+    def layout(self) -> ModelLayout:
+        """Tail at ``output_layer.1`` (Dropout, p = 0.4), stages = the last block of each stage
+        of ``body``, every BatchNorm2d; no quality head."""
+        return ModelLayout(
+            tail=EmbeddingTail("output_layer.1", float(self.output_layer[1].p), self.after_dropout),
+            stages=tuple(f"body.{i}" for i in self.stage_ends),
+            **batch_norm_parts(self, "its batch norms were removed"),
+            why_no_quality_head="AdaFace has no learned quality unit (its embedding norm is "
+                                "method embedding_norm; CR-FIQA needs arch crfiqa_iresnet50/100)")
 
 
 def adaface_state_dict(obj: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from face_recognition_model.layout import EmbeddingTail, ModelLayout
 from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
@@ -397,6 +398,16 @@ class DlibResNet(nn.Module):
         for level, *_ in LEVELS:
             x = getattr(self, level)(x)
         return self.fc(self.pool(x))
+
+    def layout(self) -> ModelLayout:
+        """Tail at ``fc`` (the pooled 256-D vector; dlib has no dropout); nothing else."""
+        return ModelLayout(
+            tail=EmbeddingTail("fc", None, self.fc),
+            why_no_stages="dlib's ResNet has five residual levels (level4 .. level0), not the four "
+                          "stages of an IR/iResNet",
+            why_no_batch_norms="dlib folds its batch norms into fixed affine layers, without "
+                               "running statistics",
+            why_no_quality_head="dlib's ResNet has no learned quality unit")
 
 
 def build_dlib_resnet(weights: str | None, **kwargs) -> DlibResNet:

@@ -22,12 +22,14 @@ Input (ArcFace and CR-FIQA): RGB, 112x112, ``(pixel/255 - 0.5) / 0.5``.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from face_recognition_model.checkpoints import load_matching, read_checkpoint
+from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +143,25 @@ class IResNet(nn.Module):
 
     def head(self, flat: torch.Tensor) -> torch.Tensor:
         """``dropout`` → ``fc`` → ``features``: (B, 512*7*7) → (B, num_features)."""
-        return self.features(self.fc(self.dropout(flat)))
+        return self.after_dropout(self.dropout(flat))
+
+    def after_dropout(self, flat: torch.Tensor) -> torch.Tensor:
+        """``fc`` → ``features``: the deterministic layers after ``dropout``."""
+        return self.features(self.fc(flat))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (B, 3, 112, 112) → un-normalised embedding (B, num_features)."""
         return self.head(self.trunk(x))
+
+    def layout(self) -> ModelLayout:
+        """Tail at ``dropout`` (its own p; arcface_torch trains with 0), stages ``layer1..4``,
+        every BatchNorm2d; no quality head (only CR-FIQA's iResNet has one)."""
+        return ModelLayout(
+            tail=EmbeddingTail("dropout", float(self.dropout.p), self.after_dropout),
+            stages=("layer1", "layer2", "layer3", "layer4"),
+            **batch_norm_parts(self, "its batch norms were removed"),
+            why_no_quality_head="an arcface_torch iResNet has no quality unit; CR-FIQA needs arch "
+                                "crfiqa_iresnet50 or crfiqa_iresnet100 with its *backbone.pth")
 
 
 class CRFIQAIResNet(IResNet):
@@ -156,10 +172,18 @@ class CRFIQAIResNet(IResNet):
         super().__init__(layers, **kwargs)
         self.qs = nn.Linear(self.num_features, 1)
 
+    def quality(self, embedding: torch.Tensor) -> torch.Tensor:
+        """CR-FIQA quality (B,) of un-normalised embeddings (B, 512): the ``qs`` unit."""
+        return self.qs(embedding).squeeze(1)
+
     def embed_and_quality(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed batch → (un-normalised embedding (B, 512), CR-FIQA quality (B,))."""
         emb = self.forward(x)
-        return emb, self.qs(emb).squeeze(1)
+        return emb, self.quality(emb)
+
+    def layout(self) -> ModelLayout:
+        """The iResNet layout plus the quality head ``qs`` on the embedding."""
+        return replace(super().layout(), quality_head=self.quality, why_no_quality_head="")
 
 
 def _load(model: nn.Module, weights: str | None, hint: str) -> nn.Module:

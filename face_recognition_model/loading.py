@@ -57,6 +57,13 @@ class FRModel:
         return {"arch": self.arch, "weights": self.weights, "weights_sha256": self.weights_sha256,
                 "preprocess": self.preprocess.to_config(), "config": self.config_path}
 
+    def layout(self):
+        """The parts the network declares (``face_recognition_model.layout.ModelLayout``: embedding
+        tail, residual stages, batch norms, quality head, a reason for each absent one)."""
+        from face_recognition_model.layout import layout_of
+
+        return layout_of(self.network)
+
     @torch.no_grad()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (B, 3, H, W) → un-normalised embeddings (B, D) as float32 on CPU."""
@@ -120,6 +127,11 @@ def load_fr_model(config: str | Path | dict, device: torch.device | str = "cpu",
     network = network.to(device).eval()
     for p in network.parameters():
         p.requires_grad_(False)
+    bad = [name for name, t in [*network.named_parameters(), *network.named_buffers()]
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise FroqError(f"{weights or source}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                        f"(e.g. {bad[0]}): the checkpoint is damaged; download it again")
     digest = sha256_file(weights) if (weights and hash_weights) else None
     return FRModel(network=network, preprocess=preprocess, arch=arch, weights=weights,
                    weights_sha256=digest, device=device, config_path=str(source),

@@ -28,6 +28,10 @@ What is done to the graph before conversion (each step logged):
 Probe: with a static input size (or ``kwargs.input_size``) a random batch is run as a batch and
 image by image; the rows must agree (relative 1e-3), so batches mixing images are caught at load.
 
+The module is an ``OnnxFRGraph`` (onnx2torch's ``GraphModule``, same submodules and forward)
+whose ``layout()`` declares its running batch norms and, for lack of knowledge of an arbitrary
+graph, no embedding tail, residual stages or quality head.
+
 Batch norm: onnx2torch turns ``BatchNormalization`` nodes whose parameters are initializers into
 ``nn.BatchNorm1d/2d/3d`` with running statistics (usable by GraFIQs). Exporters usually fold batch
 norms that follow a convolution into its weights: ``torch.onnx.export`` does so in eval mode with
@@ -42,8 +46,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.fx
 from torch import nn
 
+from face_recognition_model.layout import ModelLayout, batch_norm_parts
 from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
@@ -191,11 +197,25 @@ def _make_batch_dynamic(model, batch: int) -> int:
     return patched
 
 
+class OnnxFRGraph(torch.fx.GraphModule):
+    """The converted graph: onnx2torch's ``GraphModule`` with the same submodules (names, order,
+    types) and forward, plus the model-zoo ``layout()``."""
+
+    def layout(self) -> ModelLayout:
+        """No embedding tail, residual stages or quality head are known in an arbitrary graph;
+        its batch norms are the BatchNorm2d modules onnx2torch made (if the export kept them)."""
+        return ModelLayout(
+            why_no_tail="an ONNX graph does not say where its embedding's last layers start",
+            why_no_stages="an ONNX graph has no known residual stages",
+            **batch_norm_parts(self, "the graph has no BatchNormalization nodes: exporters fold "
+                                     "them into the convolutions, re-export with "
+                                     "do_constant_folding=False to keep them"),
+            why_no_quality_head="an ONNX graph has no known quality head")
+
+
 def _rename_reserved(model) -> None:
     """Rename nodes whose names would clash with GraphModule attributes (e.g. ``forward``)."""
-    import torch.fx
-
-    reserved = set(dir(torch.fx.GraphModule)) | {"initializers"}
+    reserved = set(dir(OnnxFRGraph)) | {"initializers"}
     for node in model.graph.node:
         if node.name.replace(".", "/").lstrip("/") in reserved:
             node.name = f"node_{node.name}"
@@ -232,7 +252,9 @@ def _convert(model, source: str) -> nn.Module:
     except Exception as exc:
         raise FroqError(f"{source}: onnx2torch cannot convert this graph (opset "
                         f"{_default_opset(model)}): {_first_line(exc)}") from None
-    return module.eval()
+    # the same submodules in the same order (GraphModule copies them in graph order, as
+    # onnx2torch's own construction did), now with the zoo's layout()
+    return OnnxFRGraph(module, module.graph, class_name="OnnxFRGraph").eval()
 
 
 def _run(module: nn.Module, x: torch.Tensor, source: str) -> torch.Tensor:
@@ -264,8 +286,9 @@ def _probe_input(dims: Sequence, input_size, count: int) -> torch.Tensor | None:
 
 
 def build_onnx(weights: str | None = None, output: str | None = None,
-               input_size: int | Sequence[int] | None = None, check_batch: bool = True) -> nn.Module:
-    """ONNX FR model file → ``torch.fx.GraphModule`` (eval mode) returning the (B, D) embedding.
+               input_size: int | Sequence[int] | None = None, check_batch: bool = True) -> OnnxFRGraph:
+    """ONNX FR model file → ``OnnxFRGraph`` (a ``torch.fx.GraphModule``, eval mode) returning the
+    (B, D) embedding.
 
     In: ``weights`` = path of the ``.onnx`` file; optional ``output`` (graph output name used as
     the embedding, default the first), ``input_size`` ([H, W], only needed for the batch probe

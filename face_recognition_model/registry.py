@@ -4,8 +4,11 @@ one family (onnx2torch, the dlib model file) never break the others.
 A builder is ``build(weights: str | None, **kwargs) -> torch.nn.Module`` in eval mode. Contract of
 the returned module: ``forward(x)`` takes a float batch (B, 3, H, W) preprocessed as the model's FR
 config says and returns the **un-normalised** embedding (B, D); every layer is a named submodule
-(``named_modules()``) so hooks can observe it. ``weights=None`` builds the architecture with
-random initialisation (tests, benchmarks), except for families with a packaged default.
+(``named_modules()``) so hooks can observe it; ``layout()`` returns its ``ModelLayout``
+(``face_recognition_model.layout``: the parts the comparison methods use). ``weights=None`` builds
+the architecture with random initialisation (tests, benchmarks), except for families with a
+packaged default. A new family = its model file + one line below (``tests/test_registry.py``
+runs every name).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""baselineFIQA/score.py: CSV with every readable image, unreadable ones listed, one-line errors."""
+"""methods/score.py: CSV with every readable image, unreadable ones listed, one-line errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from froq.core.cli import run_main
 from froq.core.io import read_csv
-from baselineFIQA import score as score_cli
+from methods import score as score_cli
 
 
 @pytest.fixture

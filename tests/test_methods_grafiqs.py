@@ -1,4 +1,4 @@
-"""GraFIQs: batch == per image, agreement with the single-image definition, stages, refusals."""
+"""GraFIQs: batch == per image, agreement with the single-image definition, declared stages, refusals."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from baselineFIQA.methods import run_method
-from baselineFIQA.methods.grafiqs import VARIANTS, bn_layers, grafiqs_batch, residual_stages
 from face_recognition_model import create_model
+from face_recognition_model.layout import ModelLayout, running_batch_norms
 from face_recognition_model.loading import FRModel
 from froq.core.errors import FroqError
 from froq.core.images import Preprocess
+from methods import run_method
+from methods.grafiqs import VARIANTS, grafiqs_batch, model_parts
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -71,7 +72,7 @@ def single_image_reference(network, image):
 @pytest.mark.parametrize("arch", ["iresnet18", "adaface_ir_18"])
 def test_batch_equals_per_image(arch, images):
     net = randomize_bn(create_model(arch, None), seed=1)
-    stages, bns = residual_stages(net, arch), bn_layers(net)
+    stages, bns = model_parts(as_fr(net, 112, arch))
     batched = grafiqs_batch(net, images, stages, bns)
     for i in range(images.shape[0]):
         single = grafiqs_batch(net, images[i:i + 1], stages, bns)
@@ -84,13 +85,15 @@ def test_batch_equals_per_image(arch, images):
 
 def test_stages_per_family():
     r18 = create_model("iresnet18", None)
-    assert residual_stages(r18) == [r18.layer1, r18.layer2, r18.layer3, r18.layer4]
+    stages, bns = model_parts(as_fr(r18, 112, "iresnet18"))
+    assert stages == [r18.layer1, r18.layer2, r18.layer3, r18.layer4]
+    assert r18.layout().stages == ("layer1", "layer2", "layer3", "layer4")
+    assert len(bns) == 1 + 8 * 3 + 4 + 1  # stem, 3 per block, 4 downsample, bn2
+    assert r18.layout().batch_norms == running_batch_norms(r18)
     ada = create_model("adaface_ir_18", None)
-    stages = residual_stages(ada)
+    stages, _ = model_parts(as_fr(ada, 112, "adaface_ir_18"))
     assert stages == [ada.body[1], ada.body[3], ada.body[5], ada.body[7]]
-    del ada.stage_ends  # the fallback groups body blocks by output width: same answer
-    assert residual_stages(ada) == stages
-    assert len(bn_layers(r18)) == 1 + 8 * 3 + 4 + 1  # stem, 3 per block, 4 downsample, bn2
+    assert ada.layout().stages == ("body.1", "body.3", "body.5", "body.7")
 
 
 def test_run_method_writes_all_variants_higher_is_better(tmp_path):
@@ -100,9 +103,9 @@ def test_run_method_writes_all_variants_higher_is_better(tmp_path):
     net = randomize_bn(create_model("iresnet18", None))
     res = run_method("grafiqs", as_fr(net, 112, "iresnet18"), tmp_path, batch_size=2,
                      options={"variant": "block2"})
-    assert list(res.components) == list(VARIANTS) and len(res.paths) == 2
-    assert np.array_equal(res.quality, res.components["block2"])
-    assert all(np.all(v < 0) for v in res.components.values())
+    assert res.columns == ["quality", *VARIANTS] and len(res.paths) == 2
+    assert np.array_equal(res.column("quality"), res.column("block2"))
+    assert np.all(res.values < 0)
 
 
 class FoldedBN(nn.Module):
@@ -117,10 +120,16 @@ class FoldedBN(nn.Module):
     def forward(self, x):
         return self.fc(self.pool(self.conv(x)).flatten(1))
 
+    def layout(self):
+        return ModelLayout(why_no_tail="toy", why_no_stages="a toy without stages",
+                           why_no_batch_norms="folded into fixed affine layers",
+                           why_no_quality_head="toy")
+
 
 def test_model_without_batchnorm_fails_clearly(tmp_path):
-    with pytest.raises(FroqError, match="GraFIQs needs BatchNorm running statistics"):
-        run_method("grafiqs", as_fr(FoldedBN(), 32, "dlib_resnet"), tmp_path)
+    with pytest.raises(FroqError, match=r"^grafiqs: .*'folded'.*no BatchNorm2d layers with running "
+                                        r"statistics \(folded into fixed affine layers\)$"):
+        run_method("grafiqs", as_fr(FoldedBN(), 32, "folded"), tmp_path)
     dlib = create_model("dlib_resnet", None)  # the real port: affine layers only
-    with pytest.raises(FroqError, match="no BatchNorm2d"):
+    with pytest.raises(FroqError, match="no BatchNorm2d.*dlib folds its batch norms"):
         run_method("grafiqs", as_fr(dlib, 150, "dlib_resnet"), tmp_path)

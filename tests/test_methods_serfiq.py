@@ -1,4 +1,5 @@
-"""SER-FIQ: the formula (hand-computed), p = 0 → maximum quality, dropout masks, seeding, families."""
+"""SER-FIQ: the formula (hand-computed), p = 0 → maximum quality, dropout masks, seeding, the
+families' declared tails."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from baselineFIQA.methods import run_method
-from baselineFIQA.methods.serfiq import Tail, find_tail, serfiq_quality, stochastic_embeddings
 from face_recognition_model import create_model
+from face_recognition_model.layout import EmbeddingTail, ModelLayout
 from face_recognition_model.loading import FRModel
 from froq.core.errors import FroqError
 from froq.core.images import Preprocess
+from methods import run_method
+from methods.serfiq import find_tail, serfiq_quality, stochastic_embeddings
 
 
 def write_faces(folder, n, size, seed=0):
@@ -48,6 +50,10 @@ class PoolFc(nn.Module):
     def forward(self, x):
         return self.fc(self.pool(self.conv(x)).flatten(1))
 
+    def layout(self):
+        return ModelLayout(tail=EmbeddingTail("fc", None, self.fc), why_no_stages="toy",
+                           why_no_batch_norms="toy", why_no_quality_head="toy")
+
 
 def test_formula_hand_computed():
     # m = 3 embeddings (1,0), (0,1), (2,0) → unit vectors (1,0), (0,1), (1,0):
@@ -69,18 +75,20 @@ def test_formula_hand_computed():
 
 
 def test_masks_are_inverted_dropout_and_seeded():
-    tail = Tail(capture=nn.Identity(), own_p=None, head=lambda z: z, where="toy")
+    def head(z):
+        return z
+
     z = torch.arange(1, 2001, dtype=torch.float32).view(2, 1000)
     p = 0.3
-    e = stochastic_embeddings(tail, z, [11, 12], m=50, p=p, rows_per_call=64)
+    e = stochastic_embeddings(head, z, [11, 12], m=50, p=p, rows_per_call=64)
     assert e.shape == (2, 50, 1000)
     ratio = e / z.unsqueeze(1)
     kept = ratio != 0
     assert torch.allclose(ratio[kept], torch.full_like(ratio[kept], 1 / (1 - p)))
     assert abs(1 - kept.float().mean().item() - p) < 0.01
-    again = stochastic_embeddings(tail, z, [11, 12], m=50, p=p, rows_per_call=7)
+    again = stochastic_embeddings(head, z, [11, 12], m=50, p=p, rows_per_call=7)
     assert torch.equal(e, again)  # independent of how rows are grouped into calls
-    other = stochastic_embeddings(tail, z, [11, 13], m=50, p=p, rows_per_call=64)
+    other = stochastic_embeddings(head, z, [11, 13], m=50, p=p, rows_per_call=64)
     assert torch.equal(e[0], other[0]) and not torch.equal(e[1], other[1])
     assert not torch.equal(e[0, 0], e[0, 1])  # passes differ
 
@@ -90,28 +98,25 @@ def test_p_zero_gives_maximum_quality(tmp_path, arch):
     write_faces(tmp_path, 3, 112)
     fr = as_fr(create_model(arch, None), 112, arch)
     res = run_method("serfiq", fr, tmp_path, batch_size=2, options={"m": 8, "p": 0.0})
-    assert len(res.paths) == 3
-    assert np.all(res.quality == 1.0)
+    assert len(res.paths) == 3 and res.columns == ["quality"]
+    assert np.all(res.column("quality") == 1.0)
 
 
 def test_p_zero_on_model_without_dropout(tmp_path):
     paths = write_faces(tmp_path, 4, 32)
     res = run_method("serfiq", as_fr(PoolFc(), 32), tmp_path, batch_size=3, options={"m": 5, "p": 0})
-    assert res.paths == paths and np.all(res.quality == 1.0)
+    assert res.paths == paths and np.all(res.column("quality") == 1.0)
 
 
 def test_tails_of_each_family():
-    r18 = create_model("iresnet18", None)
-    t = find_tail(r18)
-    assert t.capture is r18.dropout and t.own_p == 0.0
-    ada = create_model("adaface_ir_18", None)
-    t = find_tail(ada)
-    assert t.capture is ada.output_layer[1] and t.own_p == pytest.approx(0.4)
-    toy = PoolFc()
-    t = find_tail(toy)
-    assert t.capture is toy.fc and t.own_p is None
-    with pytest.raises(FroqError, match="serfiq"):
-        find_tail(nn.Sequential(nn.Conv2d(3, 4, 3)), "mystery")
+    t = find_tail(as_fr(create_model("iresnet18", None), 112, "iresnet18"))
+    assert t.capture == "dropout" and t.dropout_p == 0.0
+    t = find_tail(as_fr(create_model("adaface_ir_18", None), 112, "adaface_ir_18"))
+    assert t.capture == "output_layer.1" and t.dropout_p == pytest.approx(0.4)
+    t = find_tail(as_fr(PoolFc(), 32))
+    assert t.capture == "fc" and t.dropout_p is None
+    with pytest.raises(FroqError, match=r"^serfiq: does not apply to model 'mystery'.*declares no layout"):
+        find_tail(as_fr(nn.Sequential(nn.Conv2d(3, 4, 3)), 32, "mystery"))
 
 
 def test_batch_and_order_independent_and_below_one(tmp_path):
@@ -121,12 +126,12 @@ def test_batch_and_order_independent_and_below_one(tmp_path):
     a = run_method("serfiq", fr, tmp_path, batch_size=4, options={"m": 20, "seed": 3})
     b = run_method("serfiq", fr, tmp_path, batch_size=1, options={"m": 20, "seed": 3},
                    paths=list(reversed(a.paths)))
-    qb = dict(zip(b.paths, b.quality))
+    qa, qb = a.column("quality"), dict(zip(b.paths, b.column("quality")))
     # same masks per image; only the trunk's float rounding may differ between batch sizes
-    assert all(qb[p] == pytest.approx(q, rel=1e-6) for p, q in zip(a.paths, a.quality))
-    assert np.all((a.quality > 0) & (a.quality < 1))  # fallback p = 0.5 inserted before fc
+    assert all(qb[p] == pytest.approx(q, rel=1e-6) for p, q in zip(a.paths, qa))
+    assert np.all((qa > 0) & (qa < 1))  # fallback p = 0.5 inserted before fc
     c = run_method("serfiq", fr, tmp_path, batch_size=4, options={"m": 20, "seed": 4})
-    assert not np.array_equal(a.quality, c.quality)
+    assert not np.array_equal(qa, c.column("quality"))
 
 
 def test_bad_options_fail_clearly():

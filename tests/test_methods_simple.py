@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from baselineFIQA.methods import get_method, list_methods, resolve_options, run_method
+from methods import get_method, list_methods, resolve_options, run_method
 from face_recognition_model import create_model
 from face_recognition_model.iresnet import build_crfiqa_iresnet
 from face_recognition_model.loading import FRModel
@@ -58,9 +58,9 @@ def test_embedding_norm_equals_forward_norm(tmp_path):
     ds = ImageFolder(tmp_path, Preprocess(size=(112, 112)))
     with torch.no_grad():
         expected = [net(ds[i][1].unsqueeze(0)).norm().item() for i in range(len(ds))]
-    assert res.paths == paths
-    assert res.quality == pytest.approx(expected, rel=1e-5)
-    assert np.all(res.quality > 1.5)  # un-normalised
+    assert res.paths == paths and res.columns == ["quality"]
+    assert res.column("quality") == pytest.approx(expected, rel=1e-5)
+    assert np.all(res.column("quality") > 1.5)  # un-normalised
 
 
 def test_crfiqa_quality_is_the_head_and_other_models_fail(tmp_path):
@@ -73,9 +73,12 @@ def test_crfiqa_quality_is_the_head_and_other_models_fail(tmp_path):
     with torch.no_grad():
         x = torch.stack([ds[i][1] for i in range(2)])
         expected = net.qs(net(x)).squeeze(1)
-    assert res.quality == pytest.approx(expected.tolist(), rel=1e-5)
-    with pytest.raises(FroqError, match="no CR-FIQA quality head"):
+    assert res.column("quality") == pytest.approx(expected.tolist(), rel=1e-5)
+    with pytest.raises(FroqError, match="no CR-FIQA quality head") as err:
         run_method("crfiqa", as_fr(create_model("iresnet18", None), 112, "iresnet18"), tmp_path)
+    assert "iresnet18" in str(err.value) and "crfiqa_iresnet50" in str(err.value)
+    with pytest.raises(FroqError, match="declares no layout"):  # a bare network: nothing declared
+        run_method("crfiqa", as_fr(Tiny(), 28), tmp_path)
 
 
 def test_aux_fiqa_wraps_pseudo_labels(tmp_path):
@@ -87,10 +90,10 @@ def test_aux_fiqa_wraps_pseudo_labels(tmp_path):
     res = run_method("aux_fiqa", fr, tmp_path, batch_size=2,
                      options={"mpx": 14, "alphas": [0.05], "noise_count": 3})
     assert res.paths == paths and [p for p, _ in res.failures.items] == ["bad.jpg"]
-    assert list(res.components) == ["flip", "noise", "occlusion"]
-    mean = (res.components["flip"] + res.components["noise"] + res.components["occlusion"]) / 3
-    assert res.quality == pytest.approx(mean, abs=1e-6)
-    rows = compute_pseudo_labels(fr, tmp_path, paths=paths, batch_size=3, alphas=[0.05], mpx=14,
-                                 noise_count=3)
-    assert res.quality == pytest.approx([r["quality"] for r in rows], abs=1e-6)
-    assert np.all(res.components["noise"] < 1)
+    assert res.columns == ["quality", "flip", "noise", "occlusion"]
+    mean = (res.column("flip") + res.column("noise") + res.column("occlusion")) / 3
+    assert res.column("quality") == pytest.approx(mean, abs=1e-6)
+    labels = compute_pseudo_labels(fr, tmp_path, paths=paths, batch_size=3, alphas=[0.05], mpx=14,
+                                   noise_count=3)
+    assert res.column("quality") == pytest.approx(labels.column("quality"), abs=1e-6)
+    assert np.all(res.column("noise") < 1)

@@ -12,7 +12,6 @@ from PIL import Image
 from torch import nn
 
 from baselineFIQA.labels import compute_pseudo_labels
-from baselineFIQA.methods.grafiqs import bn_layers
 from face_recognition_model.loading import load_fr_model
 from froq.core.errors import FroqError
 from froq.core.io import write_csv
@@ -128,7 +127,7 @@ def test_layers_are_named_and_hookable(exported, tmp_path):
 def test_batch_norms_stay_batchnorm2d_with_running_stats(exported, tmp_path):
     model, path = exported
     fr = load_fr_model(fr_config(tmp_path, path))
-    bns = bn_layers(fr.network)  # what GraFIQs uses
+    bns = [fr.network.get_submodule(n) for n in fr.layout().batch_norms]  # what GraFIQs uses
     assert len(bns) == 2
     torch_bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for got, want in zip(bns, torch_bns):

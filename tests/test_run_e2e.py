@@ -1,6 +1,6 @@
 """End to end on real faces with dlib's ResNet (issue 3): calibration set built from the LFW
 calibration pool → pseudo-labels → observer → FROQ qualities, through the stage CLIs; ``./run.sh``
-itself on a tiny photo folder; and ``froq`` as a method of ``baselineFIQA/score.py``.
+itself on a tiny photo folder; and ``froq`` as a method of ``methods/score.py``.
 
 Runtime: the pseudo-labels are the costly part (one forward pass per perturbed copy), so the test
 builds 240 pool images (clean ``_v0`` + one degraded ``_v1``: 480 images), holds out 1 in 4
@@ -68,7 +68,7 @@ def calibrate_lfw_observer(base: Path, pool: Path) -> dict:
     every built image), ``observer`` (JSON, calibrated on ``calib`` only).
     """
     from baselineFIQA.main import main as labels_main
-    from calibration_dataset.build import main as build_main
+    from preparation.calibration import main as build_main
     from froq.core.images import list_images
     from observer.initialization import main as init_main
 
@@ -154,7 +154,7 @@ def test_pipeline_on_lfw_calibration_pool(lfw_observer, lfw_dlib150, lfw_pairs, 
     assert np.all(np.isfinite(values)) and values.std() > 0
 
 
-# -- froq as a comparison method (baselineFIQA/score.py --method froq) -------------------------------
+# -- froq as a comparison method (methods/score.py --method froq) ------------------------------------
 
 def _random_faces(folder: Path, n: int, size: int = 150) -> list[str]:
     rng = np.random.default_rng(0)
@@ -170,7 +170,7 @@ def _random_faces(folder: Path, n: int, size: int = 150) -> list[str]:
 def test_froq_method_matches_inference(tmp_path):
     import torch
 
-    from baselineFIQA.score import main as score_main
+    from methods.score import main as score_main
     from face_recognition_model.loading import load_fr_model
     from froq.core.errors import FroqError
     from stage_helpers import froq_scores

@@ -1,8 +1,8 @@
 """Score a folder of aligned faces with one of the comparison FIQA methods.
 
-    python baselineFIQA/score.py -c configs/score.yaml --method serfiq [--set methods.serfiq.m=50]
+    python methods/score.py -c configs/score.yaml --method serfiq [--set methods.serfiq.m=50]
 
-Methods: serfiq, grafiqs, embedding_norm, crfiqa, aux_fiqa (``baselineFIQA.methods``). Writes a CSV
+Methods: serfiq, grafiqs, embedding_norm, crfiqa, aux_fiqa, froq (``methods``). Writes a CSV
 ``path,quality[,components...]`` (paths relative to ``target_dataset``; higher quality = better)
 and ``<csv stem>.meta.json`` (model identity, options, unreadable images, timing). Interrupted runs
 resume from ``<csv>.partial``.
@@ -10,21 +10,26 @@ resume from ``<csv>.partial``.
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from pathlib import Path
 
-from baselineFIQA.methods import get_method, list_methods, resolve_options, run_method
-from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, load_config, positive_int, public
-from froq.core.errors import FroqError
-from froq.core.images import FailureLog
-from froq.core.io import write_csv, write_json
-from froq.core.stage import COMMON_KEYS, output_path
-from face_recognition_model.loading import fr_from_stage_config
+_HERE = Path(__file__).resolve().parent
+if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == _HERE:
+    # run as a file (python methods/score.py), Python puts this folder first on sys.path, where
+    # methods/froq.py would hide the froq package: the repository root goes there instead
+    sys.path[0] = str(_HERE.parent)
 
-log = logging.getLogger("baselineFIQA.score")
+import time  # noqa: E402
+
+from face_recognition_model.loading import fr_from_stage_config  # noqa: E402
+from froq.core.cli import run_main, setup_logging, stage_parser  # noqa: E402
+from froq.core.config import Key, load_config, positive_int, public  # noqa: E402
+from froq.core.errors import FroqError  # noqa: E402
+from froq.core.images import FailureLog  # noqa: E402
+from froq.core.io import write_csv  # noqa: E402
+from froq.core.runner import finish_stage  # noqa: E402
+from froq.core.stage import COMMON_KEYS, output_path  # noqa: E402
+from methods import get_method, list_methods, resolve_options, run_method  # noqa: E402
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config, e.g. configs/fr/iresnet100.yaml"),
@@ -63,22 +68,14 @@ def main(argv=None) -> None:
     get_method(name).check(fr, options)  # fail before reading any image
     out = output_path(cfg["outpath"].replace("{method}", name), f"{name}.csv")
     failures = FailureLog(name)
-    start = time.perf_counter()
+    started = time.perf_counter()
     result = run_method(name, fr, cfg["target_dataset"], batch_size=cfg["batch_size"],
                         num_workers=cfg["num_workers"], options=options, failures=failures,
                         resume_path=out, source=f"{cfg['_source']}: methods.{name}")
-    elapsed = time.perf_counter() - start
-    write_csv(out, result.columns(), result.rows())
-    write_json(out.with_suffix(".meta.json"), {
-        "stage": "score", "method": name, "options": options, "model": fr.identity(),
-        "target_dataset": str(cfg["target_dataset"]), "images": len(result.paths),
-        "unreadable": [{"path": p, "reason": r} for p, r in failures.items],
-        "seconds": elapsed, "config": public(cfg)})
-    Path(str(out) + ".partial").unlink(missing_ok=True)
-    rate = len(result.paths) / elapsed if elapsed > 0 else float("nan")
-    log.info("%s: %d images in %.1f s (%.1f img/s); %s", name, len(result.paths), elapsed, rate,
-             failures.summary())
-    print(f"{name}: {out} ({len(result.paths)} images; {failures.summary()})")
+    write_csv(out, ["path", *result.columns], result.rows())
+    finish_stage(out, "score", images=len(result), failures=failures, started=started, label=name,
+                 meta={"method": name, "options": options, "model": fr.identity(),
+                       "target_dataset": str(cfg["target_dataset"]), "config": public(cfg)})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The auxiliary training-free FIQA of ``baselineFIQA`` (spec §2) as a comparison method.
+"""The auxiliary training-free FIQA of ``baselineFIQA`` (stage 1, spec §2) as a comparison method.
 
 quality = (flip + noise + occlusion) / 3, each the mean cosine similarity between the embedding of
 the image and of its perturbed copies (horizontal flip; K seeded noise draws per α; one occluded
@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from baselineFIQA.methods.common import MethodResult
+from baselineFIQA.labels import compute_pseudo_labels
 from face_recognition_model.loading import FRModel
 from froq.core.config import Key, float_list, positive_int, int_or_auto
 from froq.core.images import FailureLog
+from froq.core.runner import RunResult
+from methods.common import in_columns
 
 NAME = "aux_fiqa"
 DESCRIPTION = "auxiliary FIQA (FROQ pseudo-labels): stability under flip, noise, occlusion; higher = better"
@@ -43,17 +43,12 @@ def check(fr: FRModel, options: dict) -> None:
 
 def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: int = 0,
           paths: Sequence[str] | None = None, failures: FailureLog | None = None,
-          resume_path: str | Path | None = None, options: dict) -> MethodResult:
+          resume_path: str | Path | None = None, options: dict) -> RunResult:
     """Auxiliary-FIQA quality and its three components for every readable image of ``root``."""
-    from baselineFIQA.labels import compute_pseudo_labels
-
-    failures = failures if failures is not None else FailureLog(NAME)
-    rows = compute_pseudo_labels(fr, root, paths=paths, batch_size=batch_size,
-                                 alphas=options["alphas"], mpx=options["mpx"], seed=options["seed"],
-                                 num_workers=num_workers, noise_count=options["noise_count"],
-                                 forward_batch=options["forward_batch"], resume_path=resume_path,
-                                 failures=failures)
-    return MethodResult(paths=[r["path"] for r in rows],
-                        quality=np.array([r["quality"] for r in rows], dtype=np.float64),
-                        components={c: np.array([r[c] for r in rows], dtype=np.float64) for c in COMPONENTS},
-                        failures=failures)
+    result = compute_pseudo_labels(fr, root, paths=paths, batch_size=batch_size,
+                                   alphas=options["alphas"], mpx=options["mpx"],
+                                   seed=options["seed"], num_workers=num_workers,
+                                   noise_count=options["noise_count"],
+                                   forward_batch=options["forward_batch"], resume_path=resume_path,
+                                   failures=failures)
+    return in_columns(result, ["quality", *COMPONENTS])

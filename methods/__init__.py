@@ -1,16 +1,19 @@
 """The comparison FIQA methods of the paper's table, in one framework, by name.
 
 Every method scores the images of a folder with an ``FRModel`` (``face_recognition_model.
-load_fr_model``) and returns a ``MethodResult`` (per-image quality, higher = better, plus
-method-specific component columns)::
+load_fr_model``) through ``froq.core.runner.run_images`` and returns its ``RunResult``: columns
+``quality`` (higher = better) then the method's components::
 
-    from baselineFIQA.methods import run_method
+    from methods import run_method
     result = run_method("serfiq", fr, "aligned/", batch_size=32, options={"m": 100})
+    result.column("quality"), result.paths
 
 A method module defines ``NAME``, ``DESCRIPTION``, ``OPTIONS`` (a ``froq.core.config.Key`` schema of
 its options, the ``methods.<name>.*`` keys of a score config), ``components(options)`` (the extra
-CSV columns), ``check(fr, options)`` (FroqError when the method does not apply to the model) and
-``score(fr, root, *, batch_size, num_workers, paths, failures, resume_path, options)``.
+CSV columns), ``check(fr, options)`` (FroqError when the method does not apply to the model: what a
+method needs of the model's inside it reads from ``fr.layout()`` only) and
+``score(fr, root, *, batch_size, num_workers, paths, failures, resume_path, options) -> RunResult``.
+The command line is ``methods/score.py``.
 """
 
 from __future__ import annotations
@@ -23,21 +26,21 @@ from typing import Sequence
 
 import torch
 
-from baselineFIQA.methods.common import MethodResult  # noqa: F401  (public)
 from face_recognition_model.loading import FRModel
 from froq.core.config import validate
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
+from froq.core.runner import RunResult
 
 log = logging.getLogger(__name__)
 
 _METHODS: dict[str, str] = {
-    "serfiq": "baselineFIQA.methods.serfiq",
-    "grafiqs": "baselineFIQA.methods.grafiqs",
-    "embedding_norm": "baselineFIQA.methods.embedding_norm",
-    "crfiqa": "baselineFIQA.methods.crfiqa",
-    "aux_fiqa": "baselineFIQA.methods.aux_fiqa",
-    "froq": "baselineFIQA.methods.froq",
+    "serfiq": "methods.serfiq",
+    "grafiqs": "methods.grafiqs",
+    "embedding_norm": "methods.embedding_norm",
+    "crfiqa": "methods.crfiqa",
+    "aux_fiqa": "methods.aux_fiqa",
+    "froq": "methods.froq",
 }
 
 
@@ -79,14 +82,15 @@ def run_method(name: str, fr: FRModel, root: str | Path, *, batch_size: int = 32
                device: torch.device | str | None = None, num_workers: int = 0,
                paths: Sequence[str] | None = None, options: dict | None = None,
                failures: FailureLog | None = None, resume_path: str | Path | None = None,
-               source: str | None = None) -> MethodResult:
+               source: str | None = None) -> RunResult:
     """Score the images of ``root`` with method ``name`` and FR model ``fr``.
 
     In: the method name, a loaded FR model, an image folder (or explicit relative ``paths``),
     batch size, ``device`` (default: the model's; the network is moved there otherwise), DataLoader
     workers, the method's options (validated; defaults filled), a FailureLog for unreadable files,
     and optionally ``resume_path`` (the final CSV path, for resumable runs).
-    Out: ``MethodResult`` (quality higher = better). FroqError when the method does not apply.
+    Out: ``RunResult`` with columns ``["quality", *components]`` (quality higher = better), readable
+    images in folder order. FroqError when the method does not apply.
     """
     method = get_method(name)
     opts = resolve_options(name, options, source or f"method {name}")
@@ -95,5 +99,9 @@ def run_method(name: str, fr: FRModel, root: str | Path, *, batch_size: int = 32
         fr.device = torch.device(device)
     method.check(fr, opts)
     failures = failures if failures is not None else FailureLog(name)
-    return method.score(fr, root, batch_size=batch_size, num_workers=num_workers, paths=paths,
-                        failures=failures, resume_path=resume_path, options=opts)
+    result = method.score(fr, root, batch_size=batch_size, num_workers=num_workers, paths=paths,
+                          failures=failures, resume_path=resume_path, options=opts)
+    expected = ["quality", *method.components(opts)]
+    if list(result.columns) != expected:
+        raise RuntimeError(f"method {name} returned columns {result.columns}, expected {expected}")
+    return result

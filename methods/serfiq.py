@@ -10,16 +10,18 @@ m(m−1)/2 pairs instead, as the authors' mxnet code does — a monotone change 
 so the ranking is identical. (Their code can also rescale with a second sigmoid, α=130, r=0.88: not
 applied, also monotone.) Higher = better.
 
-Where the dropout goes, per model family:
-- AdaFace (``output_layer`` = BN2d → Dropout → Flatten → Linear → BN1d): its own Dropout (p = 0.4).
-- iResNet / CR-FIQA (``dropout`` before ``fc``): its own p — but arcface_torch trains with p = 0,
+Where the dropout goes: the model's layout (``fr.layout().tail``, declared by each model family)
+names the module whose input is the feature before dropout, the model's own dropout p there and
+the deterministic layers after it:
+- AdaFace: its own Dropout in ``output_layer`` (p = 0.4).
+- iResNet / CR-FIQA: ``dropout`` before ``fc``, its own p — but arcface_torch trains with p = 0,
   so when the model's p is 0 the configurable ``fallback_p`` (default 0.5) is used and logged.
-- dlib ResNet (no dropout; head ``pool`` → ``fc``): dropout with ``fallback_p`` is inserted on the
-  pooled 256-D vector, before ``fc``.
+- dlib ResNet (no dropout): dropout with ``fallback_p`` on the pooled 256-D vector, before ``fc``.
+- a model without a tail (ONNX graphs) is refused with the layout's reason.
 ``p`` set to a number overrides all of this.
 
-Cost: the trunk runs once per image (its output is captured with a pre-hook on the dropout /
-``fc`` module, which also stops the forward there); the cheap tail then runs m times for several
+Cost: the trunk runs once per image (its output is captured with a pre-hook on the tail's
+``capture`` module, which also stops the forward there); the cheap tail then runs m times for several
 images in one batched call. Dropout masks come from a generator seeded per image from ``seed`` and
 the image's relative path, so results do not depend on batch size or order.
 """
@@ -27,19 +29,19 @@ the image's relative path, so results do not depend on batch size or order.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from baselineFIQA.methods.common import (MethodResult, StopForward, capture_input, image_seed,
-                                         score_folder)
+from face_recognition_model.layout import EmbeddingTail
 from face_recognition_model.loading import FRModel
 from froq.core.config import Key
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
+from froq.core.runner import RunResult, run_images
+from methods.common import StopForward, capture_input, image_seed, resume_settings
 
 log = logging.getLogger(__name__)
 
@@ -85,71 +87,43 @@ def components(options: dict) -> tuple[str, ...]:
     return ()
 
 
-@dataclass
-class Tail:
-    """The stochastic part of a model: ``capture`` is the module whose input is the tail input,
-    ``own_p`` the model's own dropout p there (None if it has none), ``head`` the deterministic
-    layers after the dropout, ``where`` a description for logs."""
-
-    capture: nn.Module
-    own_p: float | None
-    head: Callable[[torch.Tensor], torch.Tensor]
-    where: str
+def find_tail(fr: FRModel) -> EmbeddingTail:
+    """The embedding tail the model's layout declares; FroqError (one line, the layout's reason)
+    when it declares none."""
+    return fr.layout().require("tail", NAME, fr.arch)
 
 
-def find_tail(network: nn.Module, arch: str = "") -> Tail:
-    """Locate where SER-FIQ's dropout acts in ``network`` (see the module docstring).
-
-    Out: a ``Tail``. FroqError for a model family whose last layers are not known.
-    """
-    from face_recognition_model.iresnet import IResNet
-
-    if isinstance(network, IResNet):
-        return Tail(network.dropout, float(network.dropout.p),
-                    lambda z: network.features(network.fc(z)), "iResNet dropout before fc")
-    out_layer = getattr(network, "output_layer", None)
-    if isinstance(out_layer, nn.Sequential):
-        for i, mod in enumerate(out_layer):
-            if isinstance(mod, nn.Dropout):
-                rest = nn.Sequential(*list(out_layer)[i + 1:])
-                return Tail(mod, float(mod.p), rest, f"output_layer.{i} (Dropout)")
-    fc, pool = getattr(network, "fc", None), getattr(network, "pool", None)
-    if isinstance(fc, nn.Linear) and pool is not None and not any(
-            isinstance(m, nn.Dropout) for m in network.modules()):
-        return Tail(fc, None, fc, "inserted before fc (after pool)")
-    raise FroqError(f"serfiq: do not know where the last layer of model '{arch or type(network).__name__}' "
-                    "is (supported: AdaFace output_layer, iResNet dropout/fc, dlib pool/fc)")
-
-
-def choose_p(tail: Tail, options: dict) -> float:
+def choose_p(tail: EmbeddingTail, options: dict) -> float:
     """The dropout probability to use: ``options['p']`` if a number, else the model's own p if it
     is > 0, else ``options['fallback_p']`` (logged)."""
     if options["p"] != "auto":
         return float(options["p"])
-    if tail.own_p is not None and tail.own_p > 0:
-        return tail.own_p
-    why = "has no dropout there" if tail.own_p is None else "has dropout p = 0 (trained without)"
-    log.info("serfiq: the model %s (%s): using fallback_p = %g", why, tail.where, options["fallback_p"])
+    if tail.dropout_p is not None and tail.dropout_p > 0:
+        return tail.dropout_p
+    why = "has no dropout there" if tail.dropout_p is None else "has dropout p = 0 (trained without)"
+    log.info("serfiq: the model %s (before %s): using fallback_p = %g", why, tail.capture,
+             options["fallback_p"])
     return float(options["fallback_p"])
 
 
-def trunk_features(network: nn.Module, tail: Tail, images: torch.Tensor) -> torch.Tensor:
-    """The tail input of each image (one deterministic forward, stopped at the tail)."""
-    with capture_input(tail.capture) as box:
+def trunk_features(network: nn.Module, capture: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The tail input of each image: one deterministic forward, stopped at ``capture``."""
+    with capture_input(capture) as box:
         try:
             network(images)
         except StopForward:
             pass
     if "x" not in box:
-        raise FroqError("serfiq: the model's forward never reached its last layer "
-                        f"({tail.where}); cannot apply SER-FIQ")
+        raise FroqError("serfiq: the model's forward never reached its embedding tail; "
+                        "cannot apply SER-FIQ")
     return box["x"].float()
 
 
-def stochastic_embeddings(tail: Tail, z: torch.Tensor, seeds: Sequence[int], m: int, p: float,
-                          rows_per_call: int) -> torch.Tensor:
-    """(B, ...) tail inputs → (B, m, E) embeddings with independent dropout masks (inverted
-    dropout: kept units scaled by 1/(1−p)), each image's masks drawn from its own seed."""
+def stochastic_embeddings(head: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
+                          seeds: Sequence[int], m: int, p: float, rows_per_call: int) -> torch.Tensor:
+    """(B, ...) tail inputs → (B, m, E) embeddings ``head(dropout(z))`` with independent dropout
+    masks (inverted dropout: kept units scaled by 1/(1−p)), each image's masks drawn from its own
+    seed."""
     out = []
     per_call = max(1, rows_per_call // m)
     for start in range(0, z.shape[0], per_call):
@@ -162,7 +136,7 @@ def stochastic_embeddings(tail: Tail, z: torch.Tensor, seeds: Sequence[int], m: 
                 keep = torch.rand(rep.shape, generator=g, device=zs.device) >= p
                 rep = rep * keep / (1.0 - p)
             reps.append(rep)
-        emb = tail.head(torch.cat(reps)).float()
+        emb = head(torch.cat(reps)).float()
         out.append(emb.view(zs.shape[0], m, -1))
     return torch.cat(out)
 
@@ -182,27 +156,29 @@ def serfiq_quality(embeddings: torch.Tensor, average: str = "paper") -> torch.Te
 
 
 def check(fr: FRModel, options: dict) -> None:
-    """FroqError if the model's last layers are unknown."""
-    find_tail(fr.network, fr.arch)
+    """FroqError if the model's layout declares no embedding tail."""
+    find_tail(fr)
 
 
 def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: int = 0,
           paths: Sequence[str] | None = None, failures: FailureLog | None = None,
-          resume_path: str | Path | None = None, options: dict) -> MethodResult:
+          resume_path: str | Path | None = None, options: dict) -> RunResult:
     """SER-FIQ quality of every readable image of ``root``; see the module docstring."""
     network = fr.network
-    tail = find_tail(network, fr.arch)
+    tail = find_tail(fr)
+    capture = network.get_submodule(tail.capture)
     p = choose_p(tail, options)
     m, seed = options["m"], options["seed"]
-    log.info("serfiq: m = %d, p = %g at %s, average = %s", m, p, tail.where, options["average"])
+    log.info("serfiq: m = %d, p = %g before %s, average = %s", m, p, tail.capture, options["average"])
 
     @torch.no_grad()
-    def batch_fn(batch_paths: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = trunk_features(network, tail, images)
+    def batch_fn(batch_paths: list[str], images: torch.Tensor) -> torch.Tensor:
+        z = trunk_features(network, capture, images)
         seeds = [image_seed(seed, path) for path in batch_paths]
-        emb = stochastic_embeddings(tail, z, seeds, m, p, options["rows_per_call"])
-        return {"quality": serfiq_quality(emb, options["average"])}
+        emb = stochastic_embeddings(tail.head, z, seeds, m, p, options["rows_per_call"])
+        return serfiq_quality(emb, options["average"])
 
-    return score_folder(fr, root, batch_fn, (), batch_size=batch_size, num_workers=num_workers,
-                        paths=paths, failures=failures, desc=NAME, resume_path=resume_path,
-                        settings={"method": NAME, "p": p, **options})
+    return run_images(root, batch_fn, ["quality"], preprocess=fr.preprocess, device=fr.device,
+                      batch_size=batch_size, paths=paths, num_workers=num_workers,
+                      resume_path=resume_path, failures=failures, desc=NAME,
+                      settings=resume_settings(fr, root, NAME, {**options, "p": p}))

@@ -2,8 +2,8 @@
 
 quality = mean L2 norm of the outputs of the observer's selected layers, from one (early-exiting)
 forward pass per image. The observer JSON comes from ``observer/initialization.py`` with the same
-FR model; this wraps ``observer.inference.score_folder`` so FROQ can be scored with
-``baselineFIQA/score.py --method froq --set methods.froq.observer=outputs/observer.json``
+FR model; this wraps ``observer.inference.froq_qualities`` so FROQ can be scored with
+``methods/score.py --method froq --set methods.froq.observer=outputs/observer.json``
 beside the comparison methods (same images, model and CSV format).
 """
 
@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from baselineFIQA.methods.common import MethodResult
 from face_recognition_model.loading import FRModel
 from froq.core.config import Key
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
+from froq.core.runner import RunResult
+from observer.inference import check_same_model, froq_qualities, read_observer
 
 NAME = "froq"
 DESCRIPTION = "FROQ: mean L2 norm of the observer's selected FR layers; higher = better"
@@ -35,8 +36,6 @@ def components(options: dict) -> tuple[str, ...]:
 
 def _observer(fr: FRModel, options: dict) -> dict:
     """The observer record of ``options['observer']``, checked against ``fr``; FroqError if unusable."""
-    from observer.inference import check_same_model, read_observer
-
     path = options.get("observer")
     if not path:
         raise FroqError("method froq needs the observer file: set methods.froq.observer=PATH "
@@ -56,14 +55,9 @@ def check(fr: FRModel, options: dict) -> None:
 
 def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: int = 0,
           paths: Sequence[str] | None = None, failures: FailureLog | None = None,
-          resume_path: str | Path | None = None, options: dict) -> MethodResult:
+          resume_path: str | Path | None = None, options: dict) -> RunResult:
     """FROQ quality of every readable image of ``root`` (or the relative ``paths``)."""
-    from observer.inference import score_folder
-
     obs = _observer(fr, options)
-    failures = failures if failures is not None else FailureLog(NAME)
-    read, quality, _ = score_folder(fr, root, obs["selected_layers"], batch_size=batch_size,
-                                    paths=paths, early_exit=options["early_exit"],
-                                    num_workers=num_workers, resume_path=resume_path,
-                                    failures=failures)
-    return MethodResult(paths=read, quality=quality, components={}, failures=failures)
+    return froq_qualities(fr, root, obs["selected_layers"], batch_size=batch_size, paths=paths,
+                          early_exit=options["early_exit"], num_workers=num_workers,
+                          resume_path=resume_path, failures=failures)

@@ -13,10 +13,11 @@ from typing import Sequence
 
 import torch
 
-from baselineFIQA.methods.common import MethodResult, score_folder
 from face_recognition_model.loading import FRModel
 from froq.core.device import autocast_context
 from froq.core.images import FailureLog
+from froq.core.runner import RunResult, run_images
+from methods.common import resume_settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def check(fr: FRModel, options: dict) -> None:
 
 def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: int = 0,
           paths: Sequence[str] | None = None, failures: FailureLog | None = None,
-          resume_path: str | Path | None = None, options: dict) -> MethodResult:
+          resume_path: str | Path | None = None, options: dict) -> RunResult:
     """‖forward(x)‖₂ of every readable image of ``root``."""
     warned = []
 
@@ -48,8 +49,9 @@ def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: i
             warned.append(True)
             log.warning("embedding_norm: model '%s' returns unit-norm embeddings: the norm carries "
                         "no quality information for it", fr.arch)
-        return {"quality": norms}
+        return norms
 
-    return score_folder(fr, root, batch_fn, (), batch_size=batch_size, num_workers=num_workers,
-                        paths=paths, failures=failures, desc=NAME, resume_path=resume_path,
-                        settings={"method": NAME})
+    return run_images(root, batch_fn, ["quality"], preprocess=fr.preprocess, device=fr.device,
+                      batch_size=batch_size, paths=paths, num_workers=num_workers,
+                      resume_path=resume_path, failures=failures, desc=NAME,
+                      settings=resume_settings(fr, root, NAME, options))

@@ -17,10 +17,11 @@ so higher = better like every other method of this toolkit (rankings are those o
 The statistics are computed per sample, so a batch gives exactly the per-image results (the loss
 of the batch is the sum of independent per-image losses).
 
-The four residual stages: iResNet ``layer1`` .. ``layer4``; AdaFace the last block of each stage
-of ``body`` (``stage_ends``; otherwise blocks grouped by output width). Models without
-BatchNorm2d running statistics (dlib's network, whose batch norms are folded into fixed affine
-layers) are refused.
+The four residual stages and the batch norms are what the model's layout declares
+(``fr.layout().stages`` / ``.batch_norms``): iResNet ``layer1`` .. ``layer4``, AdaFace the last
+block of each stage of ``body``. Models without BatchNorm2d running statistics (dlib's network,
+whose batch norms are folded into fixed affine layers) or without known stages (ONNX graphs) are
+refused with the layout's reason.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from baselineFIQA.methods.common import MethodResult, score_folder
 from face_recognition_model.loading import FRModel
 from froq.core.config import Key
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
+from froq.core.runner import RunResult, run_images
+from methods.common import resume_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,45 +57,19 @@ def components(options: dict) -> tuple[str, ...]:
     return VARIANTS
 
 
-def bn_layers(network: nn.Module) -> list[nn.BatchNorm2d]:
-    """Every BatchNorm2d with running statistics, in ``modules()`` order."""
-    return [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)
-            and m.track_running_stats and m.running_mean is not None and m.running_var is not None]
-
-
-def _last_bn_width(block: nn.Module) -> int | None:
-    widths = [m.num_features for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
-    return widths[-1] if widths else None
-
-
-def residual_stages(network: nn.Module, arch: str = "") -> list[nn.Module]:
-    """The four modules whose outputs are the four residual stage outputs (see module docstring).
-
-    Out: 4 modules. FroqError if the family is unknown.
-    """
-    from face_recognition_model.iresnet import IResNet
-
-    if isinstance(network, IResNet):
-        return [network.layer1, network.layer2, network.layer3, network.layer4]
-    body = getattr(network, "body", None)
-    if isinstance(body, nn.Sequential) and len(body) >= 4:
-        ends = getattr(network, "stage_ends", None)
-        if ends is None:  # group consecutive blocks by their output width
-            widths = [_last_bn_width(b) for b in body]
-            ends = [i for i in range(len(body)) if i == len(body) - 1 or widths[i + 1] != widths[i]]
-        if len(ends) == 4:
-            return [body[i] for i in ends]
-    raise FroqError(f"grafiqs: do not know the four residual stages of model "
-                    f"'{arch or type(network).__name__}' (supported: iResNet layer1..4, AdaFace body)")
+def model_parts(fr: FRModel) -> tuple[list[nn.Module], list[nn.BatchNorm2d]]:
+    """(the four residual stage modules, the BatchNorm2d modules with running statistics) of the
+    model, from its layout; FroqError (one line, the layout's reason) when it lacks either."""
+    layout = fr.layout()
+    bn_names = layout.require("batch_norms", NAME, fr.arch)
+    stage_names = layout.require("stages", NAME, fr.arch)
+    get = fr.network.get_submodule
+    return [get(n) for n in stage_names], [get(n) for n in bn_names]
 
 
 def check(fr: FRModel, options: dict) -> None:
-    """FroqError unless the model has BatchNorm2d running statistics and known residual stages."""
-    if not bn_layers(fr.network):
-        raise FroqError(f"grafiqs: model '{fr.arch}' has no BatchNorm2d layers with running statistics "
-                        "(e.g. dlib's network folds them into fixed affine layers); GraFIQs needs "
-                        "BatchNorm running statistics — use a model such as AdaFace or iResNet")
-    residual_stages(fr.network, fr.arch)
+    """FroqError unless the model declares BatchNorm2d running statistics and four stages."""
+    model_parts(fr)
 
 
 def grafiqs_batch(network: nn.Module, images: torch.Tensor, stages: Sequence[nn.Module],
@@ -136,17 +112,17 @@ def grafiqs_batch(network: nn.Module, images: torch.Tensor, stages: Sequence[nn.
 
 def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: int = 0,
           paths: Sequence[str] | None = None, failures: FailureLog | None = None,
-          resume_path: str | Path | None = None, options: dict) -> MethodResult:
-    """GraFIQs quality (all five variants) of every readable image of ``root``."""
+          resume_path: str | Path | None = None, options: dict) -> RunResult:
+    """GraFIQs quality (the chosen variant) and all five variants of every readable image."""
     network = fr.network
-    stages = residual_stages(network, fr.arch)
-    bns = bn_layers(network)
+    stages, bns = model_parts(fr)
     log.info("grafiqs: %d BatchNorm2d layers; quality column = %s variant", len(bns), options["variant"])
 
     def batch_fn(_paths, images):
         out = grafiqs_batch(network, images, stages, bns)
-        return {"quality": out[options["variant"]], **out}
+        return torch.stack([out[options["variant"]], *(out[v] for v in VARIANTS)], dim=1)
 
-    return score_folder(fr, root, batch_fn, VARIANTS, batch_size=batch_size, num_workers=num_workers,
-                        paths=paths, failures=failures, desc=NAME, resume_path=resume_path,
-                        settings={"method": NAME, **options})
+    return run_images(root, batch_fn, ["quality", *VARIANTS], preprocess=fr.preprocess,
+                      device=fr.device, batch_size=batch_size, paths=paths,
+                      num_workers=num_workers, resume_path=resume_path, failures=failures,
+                      desc=NAME, settings=resume_settings(fr, root, NAME, options))
