@@ -165,7 +165,7 @@ def compute_embeddings(fr, root: Path, rel_paths: Sequence[str], batch_size: int
     def batch_fn(_paths: list[str], images: torch.Tensor) -> torch.Tensor:
         return fr.embed(images)
 
-    result = run_images(root, batch_fn, ["embedding"] * fr_embedding_dim(fr), preprocess=fr.preprocess,
+    result = run_images(root, batch_fn, ["embedding"] * fr.embedding_size(), preprocess=fr.preprocess,
                         device=fr.device, batch_size=batch_size, paths=rel_paths,
                         num_workers=num_workers, failures=failures, desc=desc, allow_empty=True)
     if failures.items:
@@ -178,14 +178,6 @@ def compute_embeddings(fr, root: Path, rel_paths: Sequence[str], batch_size: int
         bad = [rel_paths[i] for i in np.flatnonzero(~np.isfinite(out).all(axis=1))[:5]]
         raise FroqError(f"{root}: the FR model produced non-finite embeddings for e.g. {', '.join(bad)}")
     return out
-
-
-def fr_embedding_dim(fr) -> int:
-    """Length of ``fr``'s embedding (known after the load-time check, else one blank forward)."""
-    if fr.embedding_dim is None:
-        h, w = fr.preprocess.size
-        fr.embedding_dim = int(fr.embed(torch.zeros(1, 3, h, w)).shape[1])
-    return fr.embedding_dim
 
 
 def protocol_embeddings(fr, protocol: PairProtocol, cache_dir: str | os.PathLike | None,

@@ -64,6 +64,13 @@ class FRModel:
 
         return layout_of(self.network)
 
+    def embedding_size(self) -> int:
+        """Length D of the embedding (known from the load-time check, else one blank forward)."""
+        if self.embedding_dim is None:
+            h, w = self.preprocess.size
+            self.embedding_dim = int(self.embed(torch.zeros(1, 3, h, w)).shape[1])
+        return self.embedding_dim
+
     @torch.no_grad()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (B, 3, H, W) → un-normalised embeddings (B, D) as float32 on CPU."""

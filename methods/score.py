@@ -26,9 +26,9 @@ from froq.core.cli import run_main, setup_logging, stage_parser  # noqa: E402
 from froq.core.config import Key, load_config, positive_int, public  # noqa: E402
 from froq.core.errors import FroqError  # noqa: E402
 from froq.core.images import FailureLog  # noqa: E402
-from froq.core.io import write_csv  # noqa: E402
+from froq.core.io import output_lock, write_csv  # noqa: E402
 from froq.core.runner import finish_stage  # noqa: E402
-from froq.core.stage import COMMON_KEYS, output_path  # noqa: E402
+from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs  # noqa: E402
 from methods import get_method, list_methods, resolve_options, run_method  # noqa: E402
 
 SCHEMA = {
@@ -57,7 +57,7 @@ def method_options(cfg: dict, name: str) -> dict:
 
 def main(argv=None) -> None:
     """Parse arguments, score the folder with the chosen method, write the CSV and a summary."""
-    parser = stage_parser(__doc__.splitlines()[0])
+    parser = stage_parser(__doc__.splitlines()[0], SCHEMA)
     parser.add_argument("--method", required=True, choices=list_methods(), help="FIQA method")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -67,15 +67,20 @@ def main(argv=None) -> None:
     fr = fr_from_stage_config(cfg)
     get_method(name).check(fr, options)  # fail before reading any image
     out = output_path(cfg["outpath"].replace("{method}", name), f"{name}.csv")
-    failures = FailureLog(name)
-    started = time.perf_counter()
-    result = run_method(name, fr, cfg["target_dataset"], batch_size=cfg["batch_size"],
-                        num_workers=cfg["num_workers"], options=options, failures=failures,
-                        resume_path=out, source=f"{cfg['_source']}: methods.{name}")
-    write_csv(out, ["path", *result.columns], result.rows())
-    finish_stage(out, "score", images=len(result), failures=failures, started=started, label=name,
-                 meta={"method": name, "options": options, "model": fr.identity(),
-                       "target_dataset": str(cfg["target_dataset"]), "config": public(cfg)})
+    refuse_overwriting_inputs(out, cfg["_source"], files={"face_recognition_config": cfg["face_recognition_config"],
+                                                          "the stage config": cfg["_source"],
+                                                          f"methods.{name}.observer": options.get("observer")},
+                              folders={"target_dataset": cfg["target_dataset"]})
+    with output_lock(out):
+        failures = FailureLog(name)
+        started = time.perf_counter()
+        result = run_method(name, fr, cfg["target_dataset"], batch_size=cfg["batch_size"],
+                            num_workers=cfg["num_workers"], options=options, failures=failures,
+                            resume_path=out, source=f"{cfg['_source']}: methods.{name}")
+        write_csv(out, ["path", *result.columns], result.rows())
+        finish_stage(out, "score", images=len(result), failures=failures, started=started, label=name,
+                     meta={"method": name, "options": options, "model": fr.identity(),
+                           "target_dataset": str(cfg["target_dataset"]), "config": public(cfg)})
 
 
 if __name__ == "__main__":

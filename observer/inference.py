@@ -74,16 +74,6 @@ def check_same_model(obs: dict, fr: FRModel, source: str) -> None:
                     fr.preprocess.to_config())
 
 
-def embedding_dim(fr: FRModel) -> int:
-    """Length of the FR model's embedding (known from the load-time check, else one blank forward)."""
-    if fr.embedding_dim is not None:
-        return fr.embedding_dim
-    h, w = fr.preprocess.size
-    with torch.no_grad():
-        out = fr.network(torch.zeros(1, 3, h, w, device=fr.device))
-    return int(out.reshape(1, -1).shape[1])
-
-
 class QualityObserver:
     """Context manager: hooks on the selected ``layers`` of ``fr``; call it on batches of model inputs.
 
@@ -136,7 +126,7 @@ def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str], *, batc
     Out: ``RunResult`` in folder order with column ``quality`` (float64, higher = better) and, with
     ``save_embeddings``, the FR embedding of the same pass in columns ``e0 .. e{D-1}``.
     """
-    dim = embedding_dim(fr) if save_embeddings else 0
+    dim = fr.embedding_size() if save_embeddings else 0
     columns = ["quality"] + [f"e{i}" for i in range(dim)]
     key = {"stage": "inference", "model": fr.identity(), "layers": list(layers), "root": str(root),
            "embeddings": dim, "autocast": autocast and fr.device.type == "cuda"}
