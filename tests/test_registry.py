@@ -185,3 +185,45 @@ def test_model_declares_its_layout_and_runs_the_methods(arch, tmp_path, faces, r
         assert np.isfinite(result.values).all(), (arch, name, result.values)
         ran.append(name)
     assert ran, arch
+
+
+@pytest.fixture(scope="module")
+def three_faces(tmp_path_factory):
+    """size -> a folder of 3 random-texture PNGs of that size (Spearman needs at least 3)."""
+    made = {}
+
+    def folder(size: int):
+        if size not in made:
+            root = tmp_path_factory.mktemp(f"stage{size}")
+            rng = np.random.default_rng(size + 1)
+            for i in range(3):
+                img = 128 + (rng.integers(0, 256, (size, size, 3)) - 128) * (0.3 + 0.35 * i)
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / f"id{i}.png")
+            made[size] = root
+        return made[size]
+
+    return folder
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_model_runs_the_three_froq_stages(arch, tmp_path, three_faces, request):
+    """Pseudo-labels → observer → qualities on every registered architecture (cheapest label
+    constants: one occlusion cell over the whole image and one noise draw, 3 images; early exit
+    is compared with a full pass in tests/test_observer.py)."""
+    from baselineFIQA.labels import compute_pseudo_labels
+    from observer.inference import froq_qualities
+    from observer.initialization import initialize_observer
+
+    onnx_path = request.getfixturevalue("onnx_file") if arch == "onnx" else None
+    fr, size = load(arch, tmp_path, onnx_path)
+    root = three_faces(size)
+    labels = compute_pseudo_labels(fr, root, batch_size=3, mpx=size, noise_count=1)
+    assert labels.paths == ["id0.png", "id1.png", "id2.png"] and np.isfinite(labels.values).all()
+    record = initialize_observer(fr, root, dict(zip(labels.paths, labels.column("quality"))),
+                                 batch_size=3, top_n=3)
+    names = dict(fr.network.named_modules())
+    assert record["images"] == 3 and record["selected_layers"]
+    assert all(layer in names for layer in record["selected_layers"])
+    result = froq_qualities(fr, root, record["selected_layers"], batch_size=3, save_embeddings=True)
+    assert result.paths == labels.paths and np.isfinite(result.values).all()
+    assert result.values.shape == (3, 1 + fr.embedding_size()) and (result.column("quality") > 0).all()
