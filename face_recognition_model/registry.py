@@ -42,6 +42,15 @@ def register_model(name: str):
     return deco
 
 
+# the zoo's own architectures (what tests/test_registry.py checks); register_model adds others
+_ZOO = frozenset(_REGISTRY)
+
+
+def zoo_models() -> list[str]:
+    """The architectures this toolkit ships, sorted (``list_models`` minus user registrations)."""
+    return sorted(_ZOO)
+
+
 def list_models() -> list[str]:
     """All registered architecture names, sorted."""
     return sorted(_REGISTRY)

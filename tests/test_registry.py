@@ -1,5 +1,5 @@
-"""Every registered FR architecture: it builds, declares a ModelLayout whose parts are real and
-consistent with its forward, runs the comparison methods that apply, and every method that does
+"""Every FR architecture of the zoo (``registry.zoo_models()``): it builds, declares a ModelLayout
+whose parts are real and consistent with its forward, runs the comparison methods that apply, and every method that does
 not apply refuses it with one line saying why.
 
 Random weights everywhere except ``dlib_resnet`` (its packaged weights) and ``onnx`` (a tiny torch
@@ -26,7 +26,7 @@ from torch import nn
 
 from face_recognition_model.layout import PARTS, ModelLayout, running_batch_norms
 from face_recognition_model.loading import load_fr_model
-from face_recognition_model.registry import list_models
+from face_recognition_model.registry import zoo_models
 from froq.core.errors import FroqError
 from methods import get_method, list_methods, resolve_options, run_method
 
@@ -151,7 +151,7 @@ def observer_for(fr, path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", zoo_models())
 def test_model_declares_its_layout_and_runs_the_methods(arch, tmp_path, faces, request):
     onnx_path = request.getfixturevalue("onnx_file") if arch == "onnx" else None
     fr, size = load(arch, tmp_path, onnx_path)
@@ -205,7 +205,7 @@ def three_faces(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", zoo_models())
 def test_model_runs_the_three_froq_stages(arch, tmp_path, three_faces, request):
     """Pseudo-labels → observer → qualities on every registered architecture (cheapest label
     constants: one occlusion cell over the whole image and one noise draw, 3 images; early exit
