@@ -1,6 +1,6 @@
 """Every FR architecture of the zoo (``registry.zoo_models()``): it builds, declares a ModelLayout
-whose parts are real and consistent with its forward, runs the comparison methods that apply, and every method that does
-not apply refuses it with one line saying why.
+whose parts are real and consistent with its forward, runs the three FROQ stages and the comparison
+methods that apply, and every method that does not apply refuses it with one line saying why.
 
 Random weights everywhere except ``dlib_resnet`` (its packaged weights) and ``onnx`` (a tiny torch
 model exported here). Kept fast on 2 CPU cores (one torch thread; ~45 s for the file on an idle
