@@ -81,17 +81,19 @@ def onnx_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    """size -> a folder of IMAGES random-noise PNGs of that size (made once per size)."""
+    """(size, n=IMAGES) -> a folder of n random-texture PNGs ``id<i>.png`` of that size, of
+    rising contrast (made once per size and count)."""
     made = {}
 
-    def folder(size: int):
-        if size not in made:
-            root = tmp_path_factory.mktemp(f"faces{size}")
+    def folder(size: int, n: int = IMAGES):
+        if (size, n) not in made:
+            root = tmp_path_factory.mktemp(f"faces{size}_{n}")
             rng = np.random.default_rng(size)
-            for i in range(IMAGES):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
-            made[size] = root
-        return made[size]
+            for i in range(n):
+                img = 128 + (rng.integers(0, 256, (size, size, 3)) - 128) * (0.3 + 0.7 * i / max(n - 1, 1))
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / f"id{i}.png")
+            made[size, n] = root
+        return made[size, n]
 
     return folder
 
@@ -187,26 +189,8 @@ def test_model_declares_its_layout_and_runs_the_methods(arch, tmp_path, faces, r
     assert ran, arch
 
 
-@pytest.fixture(scope="module")
-def three_faces(tmp_path_factory):
-    """size -> a folder of 3 random-texture PNGs of that size (Spearman needs at least 3)."""
-    made = {}
-
-    def folder(size: int):
-        if size not in made:
-            root = tmp_path_factory.mktemp(f"stage{size}")
-            rng = np.random.default_rng(size + 1)
-            for i in range(3):
-                img = 128 + (rng.integers(0, 256, (size, size, 3)) - 128) * (0.3 + 0.35 * i)
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / f"id{i}.png")
-            made[size] = root
-        return made[size]
-
-    return folder
-
-
 @pytest.mark.parametrize("arch", zoo_models())
-def test_model_runs_the_three_froq_stages(arch, tmp_path, three_faces, request):
+def test_model_runs_the_three_froq_stages(arch, tmp_path, faces, request):
     """Pseudo-labels → observer → qualities on every registered architecture (cheapest label
     constants: one occlusion cell over the whole image and one noise draw, 3 images; early exit
     is compared with a full pass in tests/test_observer.py)."""
@@ -216,7 +200,7 @@ def test_model_runs_the_three_froq_stages(arch, tmp_path, three_faces, request):
 
     onnx_path = request.getfixturevalue("onnx_file") if arch == "onnx" else None
     fr, size = load(arch, tmp_path, onnx_path)
-    root = three_faces(size)
+    root = faces(size, 3)  # Spearman needs at least 3
     labels = compute_pseudo_labels(fr, root, batch_size=3, mpx=size, noise_count=1)
     assert labels.paths == ["id0.png", "id1.png", "id2.png"] and np.isfinite(labels.values).all()
     record = initialize_observer(fr, root, dict(zip(labels.paths, labels.column("quality"))),
