@@ -6,6 +6,7 @@ Label = mean of the three components; higher = better quality.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ COLUMNS = ("path", "flip", "noise", "occlusion", "quality")
 
 @dataclass
 class LabelSettings:
-    """Constants of the auxiliary FIQA: noise strengths α, K noise draws, occlusion cell (px), seed,
-    and how many perturbed images go through the model at once."""
+    """Constants of the auxiliary FIQA: noise strengths α, K noise draws, occlusion cell (px), seed;
+    and how the forwards run: perturbed images per forward call, fp16 autocast on CUDA, the
+    channels-last memory format (faster convolutions on CPU; numbers within ~1e-6)."""
 
     alphas: Sequence[float] = (0.001,)
     noise_count: int = 10
@@ -38,6 +40,7 @@ class LabelSettings:
     seed: int = 0
     forward_batch: int = 256
     autocast: bool = True
+    channels_last: bool = False
 
 
 class PseudoLabeler:
@@ -50,13 +53,19 @@ class PseudoLabeler:
         self.noise = perturbations.noise_bank((3, h, w), settings.noise_count, settings.seed).to(fr.device)
         self.masks = perturbations.occlusion_masks(h, w, settings.mpx).to(fr.device)
         self.fill = fr.preprocess.black_value().to(fr.device)
+        # the labels need no hooks: their forwards may run on a channels-last copy of the network
+        self.network = fr.network
+        self.memory_format = torch.contiguous_format
+        if settings.channels_last and any(p.dim() == 4 for p in fr.network.parameters()):
+            self.network = copy.deepcopy(fr.network).to(memory_format=torch.channels_last)
+            self.memory_format = torch.channels_last
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, D) float32 of many model inputs, ``forward_batch`` at a time."""
         outs = []
-        with torch.no_grad(), autocast_context(self.fr.device, self.s.autocast):
+        with torch.inference_mode(), autocast_context(self.fr.device, self.s.autocast):
             for chunk in torch.split(x, self.s.forward_batch):
-                outs.append(self.fr.network(chunk).float())
+                outs.append(self.network(chunk.contiguous(memory_format=self.memory_format)).float())
         return torch.cat(outs)
 
     def _cos_to(self, ref: torch.Tensor, perturbed: torch.Tensor, per_image: int) -> torch.Tensor:
@@ -102,11 +111,19 @@ def auto_forward_batch(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 32
 
 
+def auto_channels_last(device: torch.device) -> bool:
+    """``channels_last: auto``: on for CPU (measured on this project's 2-core CPU, batch 32, one
+    thread: a dlib ResNet forward 1.34x faster, an iResNet-50 forward 1.1x; labels within 1e-6);
+    off on CUDA until measured there."""
+    return device.type == "cpu"
+
+
 def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | None = None,
                           batch_size: int = 32, alphas: Sequence[float] = (0.001,), mpx: int = 14,
                           seed: int = 0, num_workers: int = 0, noise_count: int = 10,
                           forward_batch: int | str = "auto", resume_path: str | Path | None = None,
-                          failures: FailureLog | None = None) -> RunResult:
+                          failures: FailureLog | None = None,
+                          channels_last: bool | str = "auto") -> RunResult:
     """Pseudo-labels of the images of ``root`` with model ``fr``.
 
     In: a loaded FR model, an image folder (or explicit relative ``paths``), the auxiliary FIQA's
@@ -117,8 +134,10 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
     """
     if forward_batch in (None, "auto"):
         forward_batch = auto_forward_batch(fr.device)
+    if channels_last in (None, "auto"):
+        channels_last = auto_channels_last(fr.device)
     settings = LabelSettings(alphas=tuple(float(a) for a in alphas), noise_count=noise_count, mpx=mpx,
-                             seed=seed, forward_batch=forward_batch)
+                             seed=seed, forward_batch=forward_batch, channels_last=bool(channels_last))
     labeler = PseudoLabeler(fr, settings)
 
     def batch_fn(_paths: list[str], images: torch.Tensor) -> torch.Tensor:

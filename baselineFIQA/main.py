@@ -13,7 +13,8 @@ import time
 
 from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
 from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, float_list, image_size, int_or_auto, load_config, positive_int, public
+from froq.core.config import (Key, bool_or_auto, float_list, image_size, int_or_auto, load_config,
+                              positive_int, public)
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 from froq.core.io import output_lock, write_csv
@@ -33,6 +34,8 @@ SCHEMA = {
     "dataset.noise_count": Key(positive_int, default=10),
     "forward_batch": Key(int_or_auto, default="auto",
                          help="perturbed images per forward call; auto = 32 on CPU, 256 on CUDA"),
+    "channels_last": Key(bool_or_auto, default="auto",
+                         help="run the forwards in channels-last memory format; auto = on CPU"),
     "outpath": Key("path", help="output CSV (or a folder: labels.csv inside)"),
     **COMMON_KEYS,
 }
@@ -59,7 +62,8 @@ def main(argv=None) -> None:
         result = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
                                        mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
                                        noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
-                                       resume_path=out, failures=failures)
+                                       resume_path=out, failures=failures,
+                                       channels_last=cfg["channels_last"])
         write_csv(out, COLUMNS, result.rows())
         finish_stage(out, "pseudo_labels", label="pseudo-labels", images=len(result), failures=failures,
                      started=start, meta={"model": fr.identity(), "config": public(cfg)})

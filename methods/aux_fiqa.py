@@ -13,7 +13,7 @@ from typing import Sequence
 
 from baselineFIQA.labels import compute_pseudo_labels
 from face_recognition_model.loading import FRModel
-from froq.core.config import Key, float_list, positive_int, int_or_auto
+from froq.core.config import Key, bool_or_auto, float_list, positive_int, int_or_auto
 from froq.core.images import FailureLog
 from froq.core.runner import RunResult
 from methods.common import in_columns
@@ -29,6 +29,8 @@ OPTIONS = {
     "seed": Key("int", default=0),
     "forward_batch": Key(int_or_auto, default="auto",
                          help="perturbed images per forward call; auto = 32 on CPU, 256 on CUDA"),
+    "channels_last": Key(bool_or_auto, default="auto",
+                         help="channels-last memory format for the forwards; auto = on CPU"),
 }
 
 
@@ -50,5 +52,5 @@ def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: i
                                    seed=options["seed"], num_workers=num_workers,
                                    noise_count=options["noise_count"],
                                    forward_batch=options["forward_batch"], resume_path=resume_path,
-                                   failures=failures)
+                                   failures=failures, channels_last=options["channels_last"])
     return in_columns(result, ["quality", *COMPONENTS])

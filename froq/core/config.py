@@ -250,6 +250,15 @@ def int_or_auto(value):
     return positive_int(value)
 
 
+def bool_or_auto(value):
+    """Validator: true, false or ``auto`` (the caller decides per device)."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"must be true, false or auto (got {value!r})")
+
+
 def float_list(value):
     """Validator: a non-empty list of numbers (a single number is accepted as a list of one)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -1,0 +1,144 @@
+"""Pseudo-label speed: images/s of stage 1 against a plain forward, each speed option on and off,
+and against another checkout of the repository (e.g. main before a change), in one command.
+
+    python benchmarks/labels.py --fr configs/fr/dlib_resnet.yaml --images DIR [--baseline DIR]
+
+Every row runs ``PseudoLabeler.score`` (the labels' own code path: flip, K noise draws, every
+occlusion cell) on the same preloaded faces with the same weights, so reading images is not
+timed. ``x fwd`` = seconds per labelled image / seconds per plain forward of one image (the floor
+is 2 + K + cells, 76 with the paper's constants). ``--baseline DIR`` runs the same measurement with
+the code of the checkout ``DIR`` (its ``PYTHONPATH``) in a child process and reports its rows
+too; ``max |Δ|`` compares every row's labels with the baseline's (or the first row's).
+Timings use ``--threads`` torch threads (default 1: on a shared 2-core CPU, 2 threads were
+erratic); the fastest of ``--repeats`` runs is reported beside the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = os.environ.get("FROQ_BENCH_REPO", str(REPO))  # never this folder (methods.py)
+
+
+def _imports():
+    """The pieces of whichever checkout is on the path (today's layout or the one before rooms)."""
+    import torch  # noqa: F401
+    from baselineFIQA.labels import LabelSettings, PseudoLabeler
+    from face_recognition_model.loading import load_fr_config, load_fr_model
+    try:
+        from froq.core.images import ImageFolder, list_images
+    except ImportError:  # the layout before froq/core
+        from froq.images import ImageFolder, list_images
+    return LabelSettings, PseudoLabeler, load_fr_config, load_fr_model, ImageFolder, list_images
+
+
+def measure(args) -> dict:
+    """The rows of this checkout: {name: {seconds: [...], labels: [...]}} plus the forward row."""
+    import torch
+
+    LabelSettings, PseudoLabeler, load_fr_config, load_fr_model, ImageFolder, list_images = _imports()
+    torch.set_num_threads(args.threads)
+    fr = load_fr_model(load_fr_config(args.fr, args.fr_set), "cpu")
+    paths = list_images(args.images)[:args.n_images]
+    data = ImageFolder(args.images, fr.preprocess, paths=paths)
+    x = torch.stack([data[i][1] for i in range(len(paths))])
+    fields = set(LabelSettings.__dataclass_fields__)
+    rows = {"forward (plain)": {}}
+    variants = [("labels, this checkout's defaults", {})]
+    if "channels_last" in fields:
+        variants = [("labels, channels_last on (default on CPU)", {"channels_last": True}),
+                    ("labels, channels_last off", {"channels_last": False})]
+    variants += [(f"labels, forward_batch {fb}", {"forward_batch": fb, **({"channels_last": True}
+                  if "channels_last" in fields else {})}) for fb in args.forward_batches]
+    mpx = args.mpx or (min(fr.preprocess.size) + 4) // 8
+
+    def forward():
+        with torch.no_grad():
+            for chunk in torch.split(x, 32):
+                fr.network(chunk)
+
+    labelers = {name: PseudoLabeler(fr, LabelSettings(mpx=mpx, forward_batch=32, **extra))
+                for name, extra in variants}
+    forward()  # warm-up
+    for name, labeler in labelers.items():
+        labeler.score(x[:1])
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        forward()
+        rows["forward (plain)"].setdefault("seconds", []).append(time.perf_counter() - start)
+        for name, labeler in labelers.items():
+            start = time.perf_counter()
+            out = labeler.score(x)
+            rows.setdefault(name, {}).setdefault("seconds", []).append(time.perf_counter() - start)
+            rows[name]["labels"] = out["quality"].tolist()
+    cells = labelers[variants[0][0]].masks.shape[0]
+    return {"rows": rows, "images": len(paths), "arch": fr.arch, "forwards": 2 + 10 + cells,
+            "torch": torch.__version__}
+
+
+def report(mine: dict, base: dict | None, label: str) -> None:
+    """Print the table: img/s, x fwd, speed-up against the baseline's (or this checkout's) labels."""
+    n = mine["images"]
+    fwd = min(mine["rows"]["forward (plain)"]["seconds"]) / n
+    ref_rows = (base or mine)["rows"]
+    ref_name = next(k for k in ref_rows if k.startswith("labels"))
+    ref_time = min(ref_rows[ref_name]["seconds"])
+    ref_labels = ref_rows[ref_name]["labels"]
+    print(f"\n{label}: {mine['arch']}, {n} faces, torch {mine['torch']}, floor {mine['forwards']} forwards/image")
+    print(f"speed-up and max |Δ| against: {'baseline ' if base else ''}{ref_name}")
+    print("| row | img/s (fastest) | img/s (median) | x fwd | speed-up | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for name, row in mine["rows"].items():
+        best, med = min(row["seconds"]), statistics.median(row["seconds"])
+        if name == "forward (plain)":
+            print(f"| {name} | {n / best:.2f} | {n / med:.2f} | 1.00 | | |")
+            continue
+        diff = max(abs(a - b) for a, b in zip(row["labels"], ref_labels))
+        print(f"| {name} | {n / best:.3f} | {n / med:.3f} | {best / n / fwd:.1f} | "
+              f"{ref_time / best:.2f}x | {diff:.1e} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fr", default=str(REPO / "configs" / "fr" / "dlib_resnet.yaml"), help="FR config")
+    p.add_argument("--fr-set", action="append", default=[], help="override of the FR config (key=value)")
+    p.add_argument("--images", required=True, help="folder of aligned faces")
+    p.add_argument("--n-images", type=int, default=16)
+    p.add_argument("--mpx", type=int, default=0, help="occlusion cell (default: an 8x8 grid)")
+    p.add_argument("--forward-batches", type=int, nargs="*", default=[16, 64])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--baseline", default=None, help="another checkout to measure the same way")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # child mode: write rows here
+    args = p.parse_args(argv)
+    mine = measure(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(mine))
+        return 0
+    base = None
+    if args.baseline:
+        out = Path(args.baseline).resolve() / ".bench_labels.json"
+        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve()),
+               "FROQ_BENCH_REPO": str(Path(args.baseline).resolve())}
+        child = [sys.executable, str(Path(__file__).resolve()), *[a for a in (argv or sys.argv[1:])
+                 if a != "--baseline" and a != args.baseline], "--json", str(out),
+                 "--forward-batches"]
+        subprocess.run(child, check=True, env=env, cwd=args.baseline)
+        base = json.loads(out.read_text())
+        out.unlink()
+        report(base, None, f"baseline {args.baseline}")
+    report(mine, base, "this checkout")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
