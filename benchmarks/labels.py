@@ -47,6 +47,7 @@ def measure(args) -> dict:
 
     LabelSettings, PseudoLabeler, load_fr_config, load_fr_model, ImageFolder, list_images = _imports()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # generated (random) weights: the same in every checkout's process
     fr = load_fr_model(load_fr_config(args.fr, args.fr_set), "cpu")
     paths = list_images(args.images)[:args.n_images]
     data = ImageFolder(args.images, fr.preprocess, paths=paths)
@@ -66,7 +67,7 @@ def measure(args) -> dict:
             for chunk in torch.split(x, 32):
                 fr.network(chunk)
 
-    labelers = {name: PseudoLabeler(fr, LabelSettings(mpx=mpx, forward_batch=32, **extra))
+    labelers = {name: PseudoLabeler(fr, LabelSettings(mpx=mpx, **{"forward_batch": 32, **extra}))
                 for name, extra in variants}
     forward()  # warm-up
     for name, labeler in labelers.items():

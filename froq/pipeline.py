@@ -74,8 +74,8 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
   --max-calibration N   at most N calibration source images, evenly spaced over the sorted list
                         (default 300 when the set is built from --photos; all of a given
                         --calibration folder unless this is set). Labels cost ~76 forward passes
-                        per image: for 300 images with dlib_resnet ~2 min on an idle 2-core CPU
-                        (~230 forwards/s), 7 min measured on a busy one.
+                        per image: 300 images with dlib_resnet took ~3 min on this 2-core CPU
+                        (1.7 img/s, one thread, load ~1), 28 min on a busy one.
   --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)
   --keep-clean          also put the clean sources into the built calibration set
   --seed S              seed of the calibration build and of the stages (default 0)
