@@ -1,5 +1,5 @@
 """Config errors of the three stage CLIs: one ``error:`` line naming the file and the key, exit
-code 2, no traceback; plus the pieces of froq/config.py they rely on (overrides, validation)."""
+code 2, no traceback; plus the pieces of froq/core/config.py they rely on (overrides, validation)."""
 
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ def test_unknown_key_stops_the_run_with_the_closest_key(stage_configs, capsys):
     error_line(rc, err, f"image folder not found: {cfg.parent}/nowhere")  # extra: accepted
 
 
-# -- froq/config.py pieces ----------------------------------------------------------------------
+# -- froq/core/config.py pieces ----------------------------------------------------------------------
 
 def test_parse_overrides_values_are_yaml():
     out = parse_overrides(["a.b=1", "c=[1, 2]", "d=true", "e=", "f=x=y", " g =null", "h={k: 1}",

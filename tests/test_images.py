@@ -1,4 +1,4 @@
-"""froq/images.py: which files a folder yields, how odd image modes become RGB, and the
+"""froq/core/images.py: which files a folder yields, how odd image modes become RGB, and the
 per-model preprocessing (mean/std, channel permutation, resize, the value of a black pixel)."""
 
 from __future__ import annotations
