@@ -436,8 +436,8 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
 
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
-    return tqdm(total=total, desc="align", unit="img", disable=not enabled or total == 0,
-                dynamic_ncols=True)
+    return tqdm(total=total, desc="align", unit="img", dynamic_ncols=True,
+                disable=not enabled or total == 0 or not sys.stderr.isatty())  # bars on terminals only
 
 
 def summarize(rows: Sequence[Sequence]) -> dict:

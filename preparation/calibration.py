@@ -107,7 +107,8 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
     failures = FailureLog("calibration build")
     rows: list[list] = []
     first_variant = 0 if keep_clean else 1
-    for rel in tqdm(rels, desc="calibration set", unit="img", disable=not progress, dynamic_ncols=True):
+    for rel in tqdm(rels, desc="calibration set", unit="img", dynamic_ncols=True,
+                    disable=not progress or not sys.stderr.isatty()):  # bars on terminals only
         try:
             clean = np.asarray(load_rgb(source / rel))
         except _READ_ERRORS as exc:
