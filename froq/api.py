@@ -17,6 +17,7 @@ numbers are those of the command-line stages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from face_recognition_model.loading import load_fr_model as _load_fr_model
 from froq.core.device import resolve_device
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, load_rgb
-from froq.core.io import read_csv, write_csv, write_json
+from froq.core.io import output_lock, read_csv, write_csv, write_json
 from froq.core.runner import RunResult
 from observer.inference import QualityObserver, check_same_model, froq_qualities, read_observer
 from observer.initialization import initialize_observer, observer_file_record
@@ -199,12 +200,13 @@ def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | tor
     flip, noise, occlusion, quality (``.column("quality")``, ``.paths``).
     """
     fr = load_fr_model(fr_config, device)
-    result = compute_pseudo_labels(fr, folder, batch_size=batch_size, alphas=alphas,
-                                   mpx=mpx or default_mpx(min(fr.preprocess.size)), seed=seed,
-                                   noise_count=noise_count, resume_path=save)
-    if save is not None:
-        write_csv(save, LABEL_COLUMNS, result.rows())
-        Path(str(save) + ".partial").unlink(missing_ok=True)
+    with output_lock(save) if save is not None else contextlib.nullcontext():
+        result = compute_pseudo_labels(fr, folder, batch_size=batch_size, alphas=alphas,
+                                       mpx=mpx or default_mpx(min(fr.preprocess.size)), seed=seed,
+                                       noise_count=noise_count, resume_path=save)
+        if save is not None:
+            write_csv(save, LABEL_COLUMNS, result.rows())
+            Path(str(save) + ".partial").unlink(missing_ok=True)
     return result
 
 

@@ -111,3 +111,15 @@ def test_bad_inputs_are_one_line_errors(tiny_observer, tmp_path):
     foreign = dict(observer.record, model={"arch": "iresnet50"})
     with pytest.raises(FroqError, match="initialised on 'iresnet50'"):
         froq.api.Observer(tiny_fr(), foreign)
+
+
+def test_pseudo_labels_saved_as_the_stage_writes_them(tiny_observer, tmp_path):
+    from froq.core.io import read_csv
+
+    root, rels, _, _ = tiny_observer
+    out = tmp_path / "labels.csv"
+    result = froq.pseudo_labels(tiny_fr(), root / "faces", mpx=8, noise_count=2, save=out)
+    rows = read_csv(out, required=("path", "flip", "noise", "occlusion", "quality"))
+    assert [r["path"] for r in rows] == rels == result.paths
+    assert [float(r["quality"]) for r in rows] == result.column("quality").tolist()
+    assert not (tmp_path / "labels.csv.partial").exists() and not (tmp_path / "labels.csv.lock").exists()
