@@ -38,6 +38,7 @@ from froq.core.io import output_lock, read_csv, write_csv, write_json
 from froq.core.runner import RunResult
 from observer.inference import QualityObserver, check_same_model, froq_qualities, read_observer
 from observer.initialization import initialize_observer, observer_file_record
+from observer.scale import percentile
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,16 @@ class ScoreResult:
 
     paths: relative paths (folder input) or the positions ``"0", "1", ...`` (in-memory input);
     quality: (N,) float64, higher = better; embeddings: (N, D) float32 FR embeddings from the same
-    forward pass, or None; unreadable: ``(path, reason)`` of the images skipped (folders only).
+    forward pass, or None; unreadable: ``(path, reason)`` of the images skipped (folders only);
+    percentile: (N,) the 0–100 scale of the observer's calibration set (same ranking), or None for
+    an observer file without one.
     """
 
     paths: list[str]
     quality: np.ndarray
     embeddings: np.ndarray | None = None
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    percentile: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -145,14 +149,22 @@ class Observer:
             result = froq_qualities(self.fr, images, self.layers, batch_size=batch_size,
                                     early_exit=early_exit, save_embeddings=embeddings,
                                     num_workers=num_workers, failures=failures)
-            return _score_result(result.paths, result.values, embeddings, failures.items)
+            return self._result(result.paths, result.values, embeddings, failures.items)
         batch = self.model_inputs(images)
         rows = []
         with QualityObserver(self.fr, self.layers, early_exit=early_exit, embeddings=embeddings) as observe:
             for chunk in torch.split(batch, batch_size):
                 rows.append(observe(chunk))
         values = np.concatenate(rows) if rows else np.zeros((0, 1))
-        return _score_result([str(i) for i in range(len(values))], values, embeddings, [])
+        return self._result([str(i) for i in range(len(values))], values, embeddings, [])
+
+    def _result(self, paths, values: np.ndarray, embeddings: bool, unreadable) -> ScoreResult:
+        scale = self.record.get("scale")
+        quality = values[:, 0].copy()
+        return ScoreResult(paths=list(paths), quality=quality,
+                           embeddings=values[:, 1:].astype(np.float32) if embeddings else None,
+                           unreadable=list(unreadable),
+                           percentile=percentile(quality, scale) if scale else None)
 
     def model_inputs(self, images: ImagesLike) -> torch.Tensor:
         """In-memory images (see ``score``) → a float batch (B, 3, H, W) as the FR model takes it."""
@@ -181,12 +193,6 @@ class Observer:
         if not tensors:
             raise FroqError("images: nothing to score (empty list)")
         return torch.stack(tensors)
-
-
-def _score_result(paths, values: np.ndarray, embeddings: bool, unreadable) -> ScoreResult:
-    emb = values[:, 1:].astype(np.float32) if embeddings else None
-    return ScoreResult(paths=list(paths), quality=values[:, 0].copy(), embeddings=emb,
-                       unreadable=list(unreadable))
 
 
 def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | torch.device = "auto",

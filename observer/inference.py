@@ -3,7 +3,8 @@
     python observer/inference.py -c configs/inference.yaml [--set target_dataset=DIR ...]
 
 Quality = mean L2 norm of the observer's selected layers; higher = better.
-Writes a CSV ``path,quality`` (paths relative to ``target_dataset``) and, with
+Writes a CSV ``path,quality,percentile`` (paths relative to ``target_dataset``; ``percentile`` is
+the 0-100 scale of ``observer.scale``, same ranking) and, with
 ``save_embeddings: true``, ``<outpath stem>.embeddings.npy`` + ``<outpath stem>.embeddings.csv``
 (the row order) from the same pass.
 """
@@ -30,6 +31,7 @@ from froq.core.runner import RunResult, finish_stage, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder
+from observer.scale import percentile
 
 log = logging.getLogger("observer.inference")
 
@@ -169,7 +171,14 @@ def main(argv=None) -> None:
             fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
             early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
             num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
-        write_csv(out, ["path", "quality"], zip(result.paths, result.column("quality").tolist()))
+        quality = result.column("quality")
+        if obs.get("scale"):  # the readable 0-100 scale of the observer's calibration set
+            write_csv(out, ["path", "quality", "percentile"],
+                      zip(result.paths, quality.tolist(), percentile(quality, obs["scale"]).tolist()))
+        else:
+            log.warning("%s has no calibration scale (made before it existed): no percentile "
+                        "column; re-run observer initialisation to get one", cfg["observer_data"])
+            write_csv(out, ["path", "quality"], zip(result.paths, quality.tolist()))
         extra = ""
         if cfg["save_embeddings"]:
             write_npy(f"{stem}.embeddings.npy", result.values[:, 1:].astype(np.float32))

@@ -29,6 +29,7 @@ from froq.core.runner import finish_stage, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder, observable_layers
+from observer.scale import scale_record
 from observer.selection import alias_groups, greedy_selection, layer_utilities, top_candidates
 
 log = logging.getLogger("observer.init")
@@ -175,6 +176,9 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
     y = np.array([labels[p] for p in read], dtype=np.float64)
     record = select_layers(layers, norms, y, top_n)
     record["images"] = len(read)
+    columns = [layers.index(name) for name in record["selected_layers"]]
+    # the calibration images' own FROQ qualities: the reference of the readable 0-100 scale
+    record["scale"] = scale_record(norms[:, columns].mean(axis=1))
     return record
 
 
