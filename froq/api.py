@@ -34,7 +34,7 @@ from face_recognition_model.loading import load_fr_model as _load_fr_model
 from froq.core.device import resolve_device
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, load_rgb
-from froq.core.io import output_lock, read_csv, write_csv, write_json
+from froq.core.io import discard_partial, output_lock, read_csv, write_csv, write_json
 from froq.core.runner import RunResult
 from observer.inference import QualityObserver, check_same_model, froq_qualities, read_observer
 from observer.initialization import initialize_observer, observer_file_record
@@ -212,7 +212,7 @@ def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | tor
                                        noise_count=noise_count, resume_path=save)
         if save is not None:
             write_csv(save, LABEL_COLUMNS, result.rows())
-            Path(str(save) + ".partial").unlink(missing_ok=True)
+            discard_partial(save)
     return result
 
 

@@ -356,18 +356,14 @@ def write_summary(out: str | os.PathLike, fr_config: str, calibration: str, targ
     calibration folder and image count, target folder and scored count, selected layers, the
     observer's Spearman with the pseudo-labels (greedy step of the selection), quality
     min/median/max, output paths."""
-    import csv
-
     import numpy as np
 
-    from froq.core.io import read_json, write_json
+    from froq.core.io import read_csv, read_json, read_quality_csv, write_json
 
     out = Path(out)
     obs = read_json(out / "observer.json")
-    with open(out / "qualities.csv", newline="") as fh:
-        q = np.array([float(r["quality"]) for r in csv.DictReader(fh)])
-    with open(out / "labels.csv", newline="") as fh:
-        n_labels = sum(1 for _ in csv.DictReader(fh))
+    q = np.array(list(read_quality_csv(out / "qualities.csv").values()))
+    n_labels = len(read_csv(out / "labels.csv", required=("path",)))
     sel = obs["selected_layers"]
     rho = obs["greedy"][len(sel) - 1]["spearman"]
     summary = {"fr_config": fr_config, "calibration": calibration, "calibration_images": n_labels,
