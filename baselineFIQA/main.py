@@ -2,7 +2,8 @@
 
     python baselineFIQA/main.py -c configs/baseline.yaml [--set dataset.batch_size=16 ...]
 
-Writes a CSV ``path,flip,noise,occlusion,quality`` (paths relative to ``dataset.path``).
+Writes a CSV ``path,flip,noise,occlusion,quality`` (paths relative to ``dataset.path``), plus
+``noise_<α>`` / ``occlusion_<mpx>`` columns when several noise strengths / cell sizes are given.
 """
 
 from __future__ import annotations
@@ -11,27 +12,72 @@ import logging
 import sys
 import time
 
-from baselineFIQA.labels import COLUMNS, compute_pseudo_labels
+from baselineFIQA.cache import cached_pseudo_labels, label_settings_key
+from baselineFIQA.labels import PAPER_WEIGHTS, LabelSettings, compute_pseudo_labels, label_columns
+from baselineFIQA.perturbations import NOISE_MODELS
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import (Key, bool_or_auto, float_list, image_size, int_or_auto, load_config,
                               positive_int, public)
 from froq.core.errors import FroqError
-from froq.core.images import FailureLog
-from froq.core.io import output_lock, write_csv
+from froq.core import distributed
+from froq.core.images import FailureLog, read_image_list
+from froq.core.io import write_csv
+from froq.core.recordio import is_record_file
 from froq.core.runner import finish_stage
 from froq.core.stage import COMMON_KEYS, check_image_size, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 
 log = logging.getLogger("baselineFIQA")
 
+LABEL_KEYS = ("alphas", "noise_count", "noise_model", "mpx", "component_weights")
+
+
+def int_list(value):
+    """Validator: an integer >= 1, or a non-empty list of different integers >= 1."""
+    if isinstance(value, list):
+        if not value or len(set(map(str, value))) != len(value):
+            raise ValueError(f"must be an integer >= 1 or a list of different ones (got {value!r})")
+        return [positive_int(v) for v in value]
+    return positive_int(value)
+
+
+def weight_list(value):
+    """Validator: three numbers >= 0 (flip, noise, occlusion) with a positive sum."""
+    value = float_list(value)
+    if len(value) != 3 or min(value) < 0 or sum(value) <= 0:
+        raise ValueError(f"must be three numbers >= 0 (flip, noise, occlusion) with a positive sum "
+                         f"(got {value!r})")
+    return value
+
+
+def options_key(cells, weights, noise_model: str) -> dict:
+    """The label options beyond the paper that change the numbers, for the labels-cache key: empty
+    for the paper's settings (so paper entries stay valid), else the cell sizes / weights / noise
+    model that differ."""
+    key = {}
+    if len(cells) > 1:
+        key["mpx"] = [int(c) for c in cells]
+    if tuple(float(w) for w in weights) != PAPER_WEIGHTS:
+        key["component_weights"] = [float(w) for w in weights]
+    if noise_model != "mix":
+        key["noise_model"] = noise_model
+    return key
+
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config, e.g. configs/fr/dlib_resnet.yaml"),
-    "dataset.path": Key("path", help="folder of aligned calibration faces"),
+    "dataset.path": Key("path", help="folder of aligned calibration faces (or an insightface train.rec)"),
+    "dataset.list": Key("path", default=None,
+                        help="text file of image paths relative to dataset.path, one a line (instead of walking the folder)"),
     "dataset.batch_size": Key(positive_int, default=32),
-    "dataset.mpx": Key(positive_int, default=14, help="side of an occlusion cell in pixels"),
+    "dataset.mpx": Key(int_list, default=14,
+                       help="side of an occlusion cell in pixels, or a list of sides (one grid each)"),
     "dataset.image_size": Key(image_size, default=None, help="model input size; must equal the FR config's"),
     "dataset.alphas": Key(float_list, default=[0.001], help="noise strengths"),
     "dataset.noise_count": Key(positive_int, default=10),
+    "dataset.noise_model": Key("str", default="mix", choices=NOISE_MODELS,
+                               help="mix = (1-a)x + a*n (paper); relative = x + a*std(x)*n"),
+    "dataset.component_weights": Key(weight_list, default=list(PAPER_WEIGHTS),
+                                     help="weights of flip, noise, occlusion in the label (paper: equal)"),
     "forward_batch": Key(int_or_auto, default="auto",
                          help="perturbed images per forward call; auto = 32 on CPU, 256 on CUDA"),
     "channels_last": Key(bool_or_auto, default="auto",
@@ -49,24 +95,44 @@ def main(argv=None) -> None:
     fr = fr_from_stage_config(cfg)
     ds = cfg["dataset"]
     check_image_size(ds.get("image_size"), fr, cfg["_source"])
-    if ds["mpx"] > min(fr.preprocess.size):
-        raise FroqError(f"{cfg['_source']}: dataset.mpx: the occlusion cell ({ds['mpx']} px) is larger "
-                        f"than the model input {list(fr.preprocess.size)}: use e.g. 14 for 112 px")
+    cells = [ds["mpx"]] if isinstance(ds["mpx"], int) else ds["mpx"]
+    for cell in cells:
+        if cell > min(fr.preprocess.size):
+            raise FroqError(f"{cfg['_source']}: dataset.mpx: the occlusion cell ({cell} px) is larger "
+                            f"than the model input {list(fr.preprocess.size)}: use e.g. 14 for 112 px")
+    columns = label_columns(LabelSettings(alphas=ds["alphas"], mpx=cells, weights=ds["component_weights"],
+                                          noise_model=ds["noise_model"]))
     out = output_path(cfg["outpath"], "labels.csv")
     refuse_overwriting_inputs(out, cfg["_source"], files={"face_recognition_config": cfg["face_recognition_config"],
                                                           "the stage config": cfg["_source"]},
                               folders={"dataset.path": ds["path"]})
-    with output_lock(out):
+    paths = read_image_list(ds["list"]) if ds.get("list") else None
+    with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog("pseudo-labels")
         start = time.perf_counter()
-        result = compute_pseudo_labels(fr, ds["path"], batch_size=ds["batch_size"], alphas=ds["alphas"],
-                                       mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
-                                       noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
-                                       resume_path=out, failures=failures,
-                                       channels_last=cfg["channels_last"])
-        write_csv(out, COLUMNS, result.rows())
+        # finished labels of the same images, model and settings are reused (baselineFIQA/cache.py)
+        key = label_settings_key(fr, ds["alphas"], ds["noise_count"], cells[0], cfg["seed"], cfg["channels_last"])
+        key.update(options_key(cells, ds["component_weights"], ds["noise_model"]))
+        compute = lambda: compute_pseudo_labels(  # noqa: E731
+                fr, ds["path"], paths=paths, batch_size=ds["batch_size"], alphas=ds["alphas"],
+                mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
+                noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
+                resume_path=out, failures=failures, channels_last=cfg["channels_last"],
+                weights=ds["component_weights"], noise_model=ds["noise_model"])
+        if paths is None and not rank.active and not is_record_file(ds["path"]):
+            result, reused = cached_pseudo_labels(fr, ds["path"], key, columns[1:], failures=failures,
+                                                  compute=compute)
+        else:  # a list, a RecordIO set or a torchrun job: no whole-folder cache
+            result, reused = compute(), None
+        if not rank.main:  # under torchrun, rank 0 writes the merged output
+            return
+        write_csv(out, ["path", *result.columns], result.rows())  # RecordIO: path,label,...
         finish_stage(out, "pseudo_labels", label="pseudo-labels", images=len(result), failures=failures,
-                     started=start, meta={"model": fr.identity(), "config": public(cfg)})
+                     started=start, meta={"model": fr.identity(), "config": public(cfg),
+                                          "label_settings": {**{k: ds[k] for k in LABEL_KEYS}, "seed": cfg["seed"]},
+                                          "columns": list(columns),
+                                          "reused_from": str(reused) if reused else None},
+                     extra=f"; reused from the labels cache {reused}" if reused else "")
 
 
 if __name__ == "__main__":

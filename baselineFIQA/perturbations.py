@@ -22,9 +22,25 @@ def noise_bank(shape: tuple[int, int, int], count: int = 10, seed: int = 0) -> t
     return torch.randn((count, *shape), generator=gen, dtype=torch.float32)
 
 
-def add_noise(x: torch.Tensor, noise: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``(1 − α)·x + α·n_k`` for every image and every k → (B·K, 3, H, W), image-major order."""
-    mixed = (1.0 - alpha) * x.unsqueeze(1) + alpha * noise.to(x.device, x.dtype).unsqueeze(0)
+NOISE_MODELS = ("mix", "relative")
+
+
+def add_noise(x: torch.Tensor, noise: torch.Tensor, alpha: float, model: str = "mix") -> torch.Tensor:
+    """Noisy copies of every image with every shared draw n_k → (B·K, 3, H, W), image-major order.
+
+    ``model='mix'`` (the paper): ``(1 − α)·x + α·n_k``, the noise in absolute model-input units.
+    ``model='relative'``: ``x + α·σ(x)·n_k`` with σ(x) the standard deviation of the image's own
+    model input (all channels and pixels): α is then a noise-to-signal ratio, the same for a dark
+    low-contrast face and a bright one, and independent of the model's normalisation.
+    """
+    n = noise.to(x.device, x.dtype).unsqueeze(0)
+    if model == "mix":
+        mixed = (1.0 - alpha) * x.unsqueeze(1) + alpha * n
+    elif model == "relative":
+        sigma = x.reshape(x.shape[0], -1).std(dim=1).view(-1, 1, 1, 1, 1)
+        mixed = x.unsqueeze(1) + alpha * sigma * n
+    else:
+        raise FroqError(f"unknown noise model {model!r}: use one of {', '.join(NOISE_MODELS)}")
     return mixed.reshape(-1, *x.shape[1:])
 
 

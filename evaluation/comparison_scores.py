@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from froq.core import distributed
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 from froq.core.runner import run_images
@@ -122,6 +123,8 @@ class EmbeddingCache:
         if not len(abs_paths):
             return
         embeddings = np.asarray(embeddings, dtype=np.float32)
+        if not distributed.is_main():  # under torchrun every rank holds them; rank 0 stores them
+            return
         with self._locked():
             self._load()  # merge with what another run may have written meanwhile
             self._add(abs_paths, embeddings)

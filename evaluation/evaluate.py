@@ -1,8 +1,11 @@
 """The evaluation run: benchmarks × FR models × quality methods → EDC metrics and curves.
 
 ``run_evaluation(cfg)`` takes the validated config of ``evaluation/main.py`` and writes
-``results.json``, ``run.json``, ``table.md``, ``table.csv``, ``curves.csv``, ``scores/`` and the
-EDC plots into ``cfg['outdir']``; it returns the results mapping.
+``results.json``, ``run.json``, ``table.md``, ``table.csv``, ``table_long.csv``, ``curves.csv``,
+``scores/``, ``protocols/`` (pair lists of generated protocols) and the EDC plots into
+``cfg['outdir']``; it returns the results mapping. Keys added after the first release (conventions,
+bootstrap, several discard limits) are read with their defaults, so a hand-built ``cfg`` without
+them still runs.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Mapping
 import numpy as np
 
 from froq.core.errors import FroqError
-from froq.core.io import write_json
+from froq.core.io import sha256_file, write_csv, write_json
 
-from evaluation import edc, reporting
+from evaluation import bootstrap, edc, edc_conventions, reporting
 from evaluation.edc import fmr_key
-from evaluation.comparison_scores import protocol_scores, read_scores_csv, write_scores_csv
+from evaluation.comparison_scores import read_scores_csv, write_scores_csv
+from evaluation.ijbc import (TemplateProtocol, protocol_pair_quality, protocol_pair_scores,
+                             write_template_scores_csv)
 from evaluation.pair_protocols import (PairProtocol, read_insightface_bin, read_lfw_pairs, read_pairs_csv,
                                        read_xqlfw)
 from evaluation.quality_methods import (check_template, image_qualities, method_specs,
@@ -34,10 +39,16 @@ BENCHMARK_TYPES = {
     "xqlfw": (),
     "insightface_bin": ("path",),
     "csv": ("images", "pairs"),
+    "identity_folders": ("images",),
+    "ijbc": ("root",),
+    "adience": ("root",),
 }
 _COMMON_KEYS = {"name", "type", "scores", "qualities"}
 _OPTIONAL_KEYS = {"lfw_pairs": set(), "xqlfw": {"root", "images", "pairs"}, "insightface_bin": {"images"},
-                  "csv": {"allow_outside_root"}}
+                  "csv": {"allow_outside_root", "identity"},
+                  "identity_folders": {"impostors", "seed", "max_images_per_identity"},
+                  "ijbc": {"aligned", "template_quality", "flip", "normalise_images", "detector_weight"},
+                  "adience": {"images", "identity", "impostors", "seed", "missing_images"}}
 
 
 @dataclass
@@ -46,6 +57,7 @@ class ModelEntry:
 
     name: str
     config: str | None
+    named: bool = True
 
 
 @dataclass
@@ -64,10 +76,20 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+#: architectures that are loaders for any network file: a model is then named after its FR config
+GENERIC_ARCHS = {"onnx"}
+
+
+def _default_name(config: str, arch: str) -> str:
+    return Path(config).stem if arch in GENERIC_ARCHS else arch
+
+
 def parse_models(entries, source: str) -> list[ModelEntry]:
     """``face_recognition_configs`` → ``ModelEntry`` list. An entry is a config path, or a mapping
-    ``{config: PATH, name: NAME}`` (``name`` defaults to the config's architecture; ``{name: X}``
-    alone means every benchmark gives ``scores`` files for model X). Names must be unique."""
+    ``{config: PATH, name: NAME}`` (``{name: X}`` alone means every benchmark gives ``scores`` files
+    for model X). Without ``name`` a model is named after its FR config: its architecture (e.g.
+    ``adaface_ir_101``), or the config's file stem when the architecture is a generic loader
+    (``onnx``) or when two unnamed models share an architecture. Names must be unique."""
     from face_recognition_model.loading import load_fr_config
 
     if isinstance(entries, str):
@@ -86,8 +108,14 @@ def parse_models(entries, source: str) -> list[ModelEntry]:
         if config is None and name is None:
             raise FroqError(f"{where}: give 'config' (an FR config) and/or 'name'")
         if name is None:
-            name = load_fr_config(config)["model"]["arch"]
+            arch = load_fr_config(config)["model"]["arch"]
+            out.append(ModelEntry(name=_default_name(config, arch), config=str(config), named=False))
+            continue
         out.append(ModelEntry(name=str(name), config=str(config) if config is not None else None))
+    defaults = [m.name for m in out if not m.named]
+    for m in out:
+        if not m.named and defaults.count(m.name) > 1:
+            m.name = Path(m.config).stem            # same architecture: the configs' file names
     names = [m.name for m in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -135,6 +163,13 @@ def parse_benchmarks(entries, source: str) -> list[BenchmarkEntry]:
     return out
 
 
+def _count(value, bench: str, key: str, minimum: int = 1) -> int:
+    """A benchmark option that must be an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FroqError(f"benchmark {bench}: {key} must be an integer >= {minimum} (got {value!r})")
+    return value
+
+
 def load_protocol(entry: BenchmarkEntry, outdir: Path) -> PairProtocol:
     """Read a benchmark's protocol (an insightface ``.bin`` is exported to its ``images`` folder,
     default ``<outdir>/bin_images/<name>``)."""
@@ -143,9 +178,35 @@ def load_protocol(entry: BenchmarkEntry, outdir: Path) -> PairProtocol:
         return read_lfw_pairs(o["images"], o["pairs"], name=entry.name)
     if entry.type == "xqlfw":
         return read_xqlfw(o.get("root"), o.get("images"), o.get("pairs"), name=entry.name)
+    if entry.type == "ijbc":
+        from evaluation.ijbc import DEFAULT_OPTIONS, read_ijbc
+
+        if entry.scores:
+            raise FroqError(f"benchmark {entry.name}: 'scores' files are not supported for type ijbc "
+                            "(template scores are computed from the FR config); remove 'scores'")
+        return read_ijbc(o["root"], o.get("aligned") or outdir / "ijbc_aligned" / safe_name(entry.name),
+                         name=entry.name, options={k: o[k] for k in DEFAULT_OPTIONS if k in o})
+    if entry.type == "adience":
+        from evaluation.adience import read_adience
+
+        return read_adience(o["root"], o.get("images"), name=entry.name, identity=o.get("identity", "face_id"),
+                            impostors=o.get("impostors", "all"), seed=o.get("seed", 0),
+                            missing_images=o.get("missing_images", "error"))
     if entry.type == "csv":
+        if o.get("identity", "none") not in ("none", "folder"):
+            raise FroqError(f"benchmark {entry.name}: identity must be 'none' or 'folder' (got {o['identity']!r})")
         return read_pairs_csv(o["images"], o["pairs"], name=entry.name,
-                              allow_outside_root=bool(o.get("allow_outside_root", False)))
+                              allow_outside_root=bool(o.get("allow_outside_root", False)),
+                              identity_from_folder=o.get("identity") == "folder")
+    if entry.type == "identity_folders":
+        from evaluation.identity_folders import DEFAULT_IMPOSTORS, read_identity_folders
+
+        return read_identity_folders(o["images"], name=entry.name,
+                                     impostors=_count(o.get("impostors", DEFAULT_IMPOSTORS), entry.name, "impostors"),
+                                     seed=_count(o.get("seed", 0), entry.name, "seed", minimum=0),
+                                     max_images_per_identity=None if o.get("max_images_per_identity") is None else
+                                     _count(o["max_images_per_identity"], entry.name, "max_images_per_identity",
+                                            minimum=2))
     export = o.get("images") or outdir / "bin_images" / safe_name(entry.name)
     return read_insightface_bin(o["path"], export, name=entry.name)
 
@@ -183,42 +244,213 @@ def _mean_curve(curves: list[edc.EdcCurve], limit: float) -> tuple[np.ndarray, n
     return x, y
 
 
+def _mean_step_curve(curves: list[edc_conventions.ConventionCurve], limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of step curves at the union of their points up to ``limit`` (exact)."""
+    x = np.unique(np.concatenate([c.points(limit)[0] for c in curves]))
+    y = np.mean([[c.fnmr_at(v) for v in x] for c in curves], axis=0)
+    return x, y
+
+
+@dataclass
+class Convention:
+    """How the EDC is computed (see ``edc_conventions``): threshold ``fixed``/``per_step``, discard
+    over ``mated``/``all`` pairs, pAUC normalisation ``start``/``raw``/``best``. The default is
+    ISO/IEC 29794-1 and the paper."""
+
+    threshold: str = "fixed"
+    discard_over: str = "mated"
+    normalisation: str = "start"
+
+    @property
+    def is_iso(self) -> bool:
+        return self.threshold == "fixed" and self.discard_over == "mated"
+
+    def as_dict(self) -> dict:
+        return {"threshold": self.threshold, "discard_over": self.discard_over,
+                "normalisation": self.normalisation}
+
+
+@dataclass
+class BootstrapSpec:
+    """Bootstrap settings of one benchmark: its clusters, the number of resamples (0 = none), the
+    seed and the interval's level."""
+
+    clusters: bootstrap.Clusters
+    resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+
+    def as_dict(self) -> dict:
+        return {"unit": self.clusters.unit, "n_clusters": int(self.clusters.n), "resamples": self.resamples,
+                "seed": self.seed, "level": self.level}
+
+
+def _as_limits(limit) -> list[float]:
+    return [float(v) for v in limit] if isinstance(limit, (list, tuple)) else [float(limit)]
+
+
+def _limit_key(limit: float) -> str:
+    return format(limit, "g")
+
+
+def _all_pair_quality(q: np.ndarray, genuine: np.ndarray, method: str) -> np.ndarray:
+    """A method's qualities for all pairs: given for all pairs, or for the genuine ones only (the
+    impostors then get NaN: fine unless impostor pairs are discarded)."""
+    q = np.asarray(q, dtype=np.float64).ravel()
+    if len(q) == len(genuine):
+        return q
+    if len(q) == int(genuine.sum()):
+        out = np.full(len(genuine), np.nan)
+        out[genuine] = q
+        return out
+    raise ValueError(f"qualities of '{method}': {len(q)} values for {len(genuine)} pairs "
+                     f"({int(genuine.sum())} genuine)")
+
+
+def _method_metrics(scores, genuine, q_all, fmr, th, limits, conv: Convention):
+    """Point metrics of one quality array at one FMR: (metrics by limit, curve points, raw curve)."""
+    primary = limits[0]
+    if conv.is_iso:
+        res = edc.evaluate_edc(scores[genuine], th.threshold, q_all[genuine], primary)
+        curve = res.curve
+        base = res.metrics()
+        by_limit = {}
+        for lim in limits:
+            area = res.pauc if lim == primary else edc.pauc(curve, lim)
+            by_limit[lim] = {"pauc": area,
+                             "pauc_norm": area / (lim * res.fnmr0) if res.fnmr0 > 0 else float("nan"),
+                             "fnmr_at_limit": float(curve.fnmr_at_count(int(np.floor(lim * curve.n + 1e-9))))}
+        return base, by_limit, curve
+    if conv.discard_over == "all" and np.isnan(q_all).any():
+        raise FroqError("discard_over: all needs the qualities of impostor pairs too")
+    curve = edc_conventions.convention_curve(scores, genuine, q_all, fmr, max(limits), conv.threshold,
+                                             conv.discard_over)
+    gen = scores[genuine]
+    base = {"pauc": None, "pauc_norm": None, "fnmr0": curve.fnmr0,
+            "n_false_nonmatch": int(np.count_nonzero(gen <= th.threshold)), "n_genuine": int(gen.size)}
+    by_limit = {}
+    for lim in limits:
+        area = curve.pauc(lim)
+        by_limit[lim] = {"pauc": area, "pauc_norm": area / (lim * curve.fnmr0) if curve.fnmr0 > 0 else float("nan"),
+                         "fnmr_at_limit": curve.fnmr_at(lim)}
+    base["pauc"], base["pauc_norm"] = by_limit[primary]["pauc"], by_limit[primary]["pauc_norm"]
+    return base, by_limit, curve
+
+
 def evaluate_pairs(scores: np.ndarray, genuine: np.ndarray, pair_q: Mapping[str, np.ndarray],
-                   random_q: list[np.ndarray], fmrs, limit: float) -> tuple[dict, dict]:
+                   random_q: list[np.ndarray], fmrs, limit, convention: Convention | None = None,
+                   boot: BootstrapSpec | None = None) -> tuple[dict, dict]:
     """Metrics of every method for one benchmark × model.
 
-    In: all pair scores, genuine flags, per-method genuine-pair qualities (user methods), the
-    random reference's genuine-pair qualities (one array per seed), FMR targets and discard limit.
+    In: all pair scores, genuine flags, per-method pair qualities (user methods; for the genuine
+    pairs only, or for all pairs — needed with ``discard_over: all``), the random reference's pair
+    qualities (one array per seed, same rule), FMR targets, the discard limit(s) (a number or a list;
+    the first is the primary one), the convention (default ISO) and optional bootstrap settings.
     Out: ``(metrics {method: {fmr_key: dict}}, curves {fmr_key: {method: (x, y)}})``; ``perfect``
-    and ``random`` are included.
+    and ``random`` are included. Each metrics dict holds the primary limit's values at its top
+    level and every limit's under ``by_limit``; with ``boot``, ``*_ci`` intervals too.
     """
-    gen = scores[genuine]
+    conv = convention or Convention()
+    limits = _as_limits(limit)
+    primary, top = limits[0], max(limits)
+    scores = np.asarray(scores, dtype=np.float64)
+    genuine = np.asarray(genuine, dtype=bool)
     imp = scores[~genuine]
-    metrics: dict[str, dict] = {m: {} for m in list(pair_q) + ["random", "perfect"]}
+    user = {m: _all_pair_quality(q, genuine, m) for m, q in pair_q.items()}
+    perfect_q = np.where(genuine, scores, np.inf)          # oracle: genuine pairs by score, impostors last
+    rand = [_all_pair_quality(q, genuine, "random") for q in random_q]
+    metrics: dict[str, dict] = {m: {} for m in list(user) + ["random", "perfect"]}
     curves: dict[str, dict] = {}
+    samples = None
+    if boot is not None and boot.resamples > 0:
+        started = time.time()
+        samples = bootstrap.bootstrap_samples(scores, genuine, {**{m: [q] for m, q in user.items()},
+                                                                "random": rand, "perfect": [perfect_q]},
+                                              fmrs, limits, boot.clusters, boot.resamples, boot.seed,
+                                              conv.threshold, conv.discard_over)
+        log.info("bootstrap: %d resamples of %s in %.1f s", boot.resamples, boot.clusters.unit,
+                 time.time() - started)
     for fmr in fmrs:
         th = edc.fmr_threshold(imp, fmr)
         common = {"fmr": fmr, "threshold": th.threshold, "n_impostor": th.n_impostor,
                   "n_impostor_accepted": th.n_accepted, "fmr_achieved": th.fmr_achieved,
-                  "discard_limit": limit}
+                  "discard_limit": primary}
         key = fmr_key(fmr)
         curves[key] = {}
-        for method, q in list(pair_q.items()) + [("perfect", gen)]:
-            res = edc.evaluate_edc(gen, th.threshold, q, limit)
-            metrics[method][key] = {**res.metrics(), **common}
-            curves[key][method] = _curve_points(res.curve, limit)
-        runs = [edc.evaluate_edc(gen, th.threshold, q, limit) for q in random_q]
-        paucs = np.array([r.pauc for r in runs])
-        norms = np.array([r.pauc_norm for r in runs])
-        metrics["random"][key] = {**runs[0].metrics(), "pauc": float(paucs.mean()),
-                                  "pauc_norm": float(norms.mean()), "pauc_std": float(paucs.std()),
-                                  "pauc_norm_std": float(norms.std()), "seeds": len(runs), **common}
-        curves[key]["random"] = _mean_curve([r.curve for r in runs], limit)
+        best_base, best_limits, best_curve = _method_metrics(scores, genuine, perfect_q, fmr, th, limits, conv)
+        best = {lim: v["pauc"] for lim, v in best_limits.items()}
+        per_method = {}
+        for method, q in list(user.items()) + [("perfect", perfect_q)]:
+            base, by_limit, curve = ((best_base, best_limits, best_curve) if method == "perfect" else
+                                     _method_metrics(scores, genuine, q, fmr, th, limits, conv))
+            per_method[method] = (base, by_limit)
+            curves[key][method] = _curve_points(curve, top) if conv.is_iso else curve.points(top)
+        runs = [_method_metrics(scores, genuine, q, fmr, th, limits, conv) for q in rand]
+        base = dict(runs[0][0])
+        paucs = np.array([r[0]["pauc"] for r in runs])
+        norms = np.array([r[0]["pauc_norm"] for r in runs])
+        base.update({"pauc": float(paucs.mean()), "pauc_norm": float(norms.mean()), "pauc_std": float(paucs.std()),
+                     "pauc_norm_std": float(norms.std()), "seeds": len(runs)})
+        rand_limits = {lim: {k: float(np.mean([r[1][lim][k] for r in runs])) for k in runs[0][1][lim]}
+                       for lim in limits}
+        per_method["random"] = (base, rand_limits)
+        curves[key]["random"] = (_mean_curve([r[2] for r in runs], top) if conv.is_iso
+                                 else _mean_step_curve([r[2] for r in runs], top))
+        for method, (base, by_limit) in per_method.items():
+            out_limits = {}
+            for lim in limits:
+                v = dict(by_limit[lim])
+                v["pauc_minus_best"] = v["pauc"] - best[lim]
+                v["pauc_value"] = edc_conventions.normalised(v["pauc"], base["fnmr0"], lim, best[lim],
+                                                             conv.normalisation)
+                if method == "random":
+                    v["pauc_value"] = {"start": v["pauc_norm"], "raw": v["pauc"],
+                                       "best": v["pauc_minus_best"]}[conv.normalisation]
+                if samples is not None:
+                    for metric in bootstrap.METRICS + ("pauc_value",):
+                        src = {"pauc_value": {"start": "pauc_norm", "raw": "pauc",
+                                              "best": "pauc_minus_best"}[conv.normalisation]}.get(metric, metric)
+                        v[f"{metric}_ci"] = bootstrap.interval(samples[method][key][lim][src], boot.level)
+                out_limits[_limit_key(lim)] = v
+            entry = {**base, **out_limits[_limit_key(primary)], **common,
+                     "convention": conv.as_dict(), "by_limit": out_limits}
+            if samples is not None:
+                entry["bootstrap"] = boot.as_dict()
+            metrics[method][key] = entry
     return metrics, curves
 
 
-def _genuine_pair_quality(img_q: np.ndarray, pairs: np.ndarray, rule: str) -> np.ndarray:
-    return edc.pair_quality(img_q[pairs[:, 0]], img_q[pairs[:, 1]], rule)
+def _pair_qualities(img_q: np.ndarray, protocol: PairProtocol, rule: str) -> np.ndarray:
+    """Per-image qualities → the quality of every pair of ``protocol`` (impostor pairs included)."""
+    return protocol_pair_quality(protocol, img_q, rule)
+
+
+def _clusters(protocol: PairProtocol, unit: str) -> bootstrap.Clusters:
+    """What the bootstrap resamples for ``protocol``: identities when known (and asked), else pairs."""
+    identities = None if isinstance(protocol, TemplateProtocol) else protocol.identities
+    if unit == "identities" and identities is None:
+        raise FroqError(f"{protocol.name}: bootstrap_unit: identities, but this benchmark does not tell the "
+                        "identity of its images; use bootstrap_unit: auto or pairs")
+    return bootstrap.identity_clusters(None if unit == "pairs" else identities, protocol.pairs)
+
+
+MAX_LISTED_PAIRS = 5_000_000
+
+
+def _protocol_provenance(protocol: PairProtocol, outdir: Path) -> dict:
+    """A generated protocol's pair list → ``<outdir>/protocols/<name>.csv`` (``path1,path2,genuine``,
+    usable as a ``csv`` benchmark); returns its provenance for run.json (empty for file protocols)."""
+    if not protocol.info or isinstance(protocol, TemplateProtocol):
+        return {}
+    if len(protocol.pairs) > MAX_LISTED_PAIRS:
+        log.info("%s: %d pairs: the pair list is not written (more than %d)", protocol.name,
+                 len(protocol.pairs), MAX_LISTED_PAIRS)
+        return dict(protocol.info)
+    path = outdir / "protocols" / f"{safe_name(protocol.name)}.csv"
+    rows = ((protocol.images[i], protocol.images[j], int(g))
+            for (i, j), g in zip(protocol.pairs.tolist(), protocol.genuine.tolist()))
+    write_csv(path, ["path1", "path2", "genuine"], rows)
+    return {**protocol.info, "pair_list": str(path), "pair_list_sha256": sha256_file(path)}
 
 
 def run_evaluation(cfg: dict) -> dict:
@@ -240,8 +472,11 @@ def run_evaluation(cfg: dict) -> dict:
                 raise FroqError(f"{source}: model '{m.name}' has no FR config, so benchmark(s) "
                                 f"{', '.join(lacking)} need a 'scores' CSV")
     fmrs = cfg["fmr"]
-    limit = cfg["discard_limit"]
+    limit = _as_limits(cfg["discard_limit"])
     rule = cfg["pair_quality"]
+    conv = Convention(threshold=cfg.get("threshold", "fixed"), discard_over=cfg.get("discard_over", "mated"),
+                      normalisation=cfg.get("pauc_normalisation", "start"))
+    resamples = int(cfg.get("bootstrap", 0) or 0)
     seeds = list(range(cfg["random_seeds"]))
     cache_dir = (Path(cfg.get("cache_dir") or outdir / "cache")) if cfg["cache"] else None
 
@@ -261,14 +496,14 @@ def run_evaluation(cfg: dict) -> dict:
                 log.info("%s", p.summary())
                 run_info["benchmarks"][bench.name] = {
                     "source": p.source, "images_dir": str(p.image_root), "n_pairs": int(len(p.genuine)),
-                    "n_genuine": p.n_genuine, "n_impostor": p.n_impostor, "n_images": len(p.images)}
+                    "n_genuine": p.n_genuine, "n_impostor": p.n_impostor, "n_images": len(p.images),
+                    **_protocol_provenance(p, outdir)}
             protocol = protocols[bench.name]
             # qualities first: a missing CSV or image fails before any FR work
-            gen_pairs = protocol.pairs[protocol.genuine]
             pair_q = {}
             for src in resolve_sources(specs[bench.name], bench.name, model.name):
                 img_q = image_qualities(src, protocol, cfg["missing_quality"])
-                pair_q[src.method] = _genuine_pair_quality(img_q, gen_pairs, rule)
+                pair_q[src.method] = _pair_qualities(img_q, protocol, rule)
             if bench.scores:
                 score_file = bench.scores.format(benchmark=bench.name, model=model.name)
                 scores = read_scores_csv(score_file, protocol)
@@ -280,14 +515,20 @@ def run_evaluation(cfg: dict) -> dict:
 
                     fr = load_fr_model(model.config, resolve_device(cfg["device"]))
                     run_info["models"].setdefault(model.name, {}).update(fr.identity())
-                scores = protocol_scores(fr, protocol, cache_dir, cfg["batch_size"], cfg["num_workers"])
+                scores = protocol_pair_scores(fr, protocol, cache_dir, cfg["batch_size"], cfg["num_workers"])
             if not np.all(np.isfinite(scores)):
                 raise FroqError(f"{bench.name}/{model.name}: non-finite comparison scores")
-            write_scores_csv(outdir / "scores" / f"{safe_name(bench.name)}_{safe_name(model.name)}.csv",
-                             protocol, scores)
-            random_q = [_genuine_pair_quality(random_image_qualities(len(protocol.images), s), gen_pairs, rule)
+            (write_template_scores_csv if isinstance(protocol, TemplateProtocol) else write_scores_csv)(
+                outdir / "scores" / f"{safe_name(bench.name)}_{safe_name(model.name)}.csv", protocol, scores)
+            random_q = [_pair_qualities(random_image_qualities(len(protocol.images), s), protocol, rule)
                         for s in seeds]
-            metrics, bench_curves = evaluate_pairs(scores, protocol.genuine, pair_q, random_q, fmrs, limit)
+            boot = None
+            if resamples > 0:
+                boot = BootstrapSpec(clusters=_clusters(protocol, cfg.get("bootstrap_unit", "auto")),
+                                     resamples=resamples, seed=int(cfg.get("bootstrap_seed", 0)),
+                                     level=float(cfg.get("confidence", 0.95)))
+            metrics, bench_curves = evaluate_pairs(scores, protocol.genuine, pair_q, random_q, fmrs, limit,
+                                                   conv, boot)
             primary = fmr_key(fmrs[0])
             results[bench.name][model.name] = {
                 m: {**by_fmr[primary], "by_fmr": by_fmr} for m, by_fmr in metrics.items()}
@@ -304,9 +545,11 @@ def run_evaluation(cfg: dict) -> dict:
                 for key, per_method in bench_curves.items():
                     suffix = "" if key == primary else f"_fmr{key}"
                     reporting.plot_edc(outdir / f"edc_{safe_name(bench.name)}_{safe_name(model.name)}{suffix}.png",
-                                       per_method, bench.name, model.name, float(key), limit)
+                                       per_method, bench.name, model.name, float(key), max(limit))
     run_info["seconds"] = round(time.time() - started, 3)
     method_order = list(dict.fromkeys(m for s in specs.values() for m in s)) + ["random", "perfect"]
+    run_info["convention"] = conv.as_dict()
     reporting.write_outputs(outdir, results, curves.rows, run_info, [b.name for b in benches],
-                            [m.name for m in models], method_order, fmrs, limit)
+                            [m.name for m in models], method_order, fmrs, limit,
+                            normalisation=conv.normalisation, show_ci=resamples > 0)
     return results

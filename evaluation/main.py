@@ -2,8 +2,10 @@
 
     python evaluation/main.py -c configs/evaluation.yaml [--set outdir=DIR ...]
 
-Writes into ``outdir``: results.json, run.json, table.md, table.csv, curves.csv, scores/*.csv,
-edc_<benchmark>_<model>.png and the embedding cache (cache/). See evaluation/README.md.
+Writes into ``outdir``: results.json, run.json, table.md, table.csv, table_long.csv, curves.csv,
+scores/*.csv, protocols/*.csv (generated pair lists), edc_<benchmark>_<model>.png and the embedding
+cache (cache/). Conventions (threshold, discard_over, pauc_normalisation, discard_limit list) and
+bootstrap intervals are options. See evaluation/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,33 @@ def discard_limit(value):
     return float(value)
 
 
+def discard_limits(value):
+    """Validator: one discard limit in (0, 1), or a non-empty list of them (the first is the primary
+    one). A single number stays a number."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must be a number in (0, 1) or a non-empty list of them, e.g. [0.3, 0.2]")
+        out = [discard_limit(v) for v in value]
+        if len(set(out)) != len(out):
+            raise ValueError(f"lists a limit twice (got {value!r})")
+        return out
+    return discard_limit(value)
+
+
+def non_negative_int(value):
+    """Validator: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer >= 0 (got {value!r})")
+    return value
+
+
+def confidence_level(value):
+    """Validator: a number strictly between 0.5 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.5 < value < 1):
+        raise ValueError(f"must be a number in (0.5, 1), e.g. 0.95 (got {value!r})")
+    return float(value)
+
+
 def fmr_list(value):
     """Validator: one or more target FMRs in (0, 1]."""
     values = float_list(value)
@@ -38,7 +67,19 @@ SCHEMA = {
     "benchmarks": Key("list", help="list of {name, type, ...} benchmark entries"),
     "qualities": Key("dict", default={}, help="method -> per-image CSV path template"),
     "fmr": Key(fmr_list, default=[1e-3], help="target FMR(s) of the fixed threshold"),
-    "discard_limit": Key(discard_limit, default=0.3, help="pAUC upper discard fraction"),
+    "discard_limit": Key(discard_limits, default=[0.3, 0.2],
+                         help="pAUC upper discard fraction, or a list (first = primary; all in table.md)"),
+    "threshold": Key("str", default="fixed", choices=("fixed", "per_step"),
+                     help="fixed once on all impostors (ISO) or recomputed at every discard step"),
+    "discard_over": Key("str", default="mated", choices=("mated", "all"),
+                        help="discard genuine pairs only (ISO) or all pairs by quality"),
+    "pauc_normalisation": Key("str", default="start", choices=("start", "raw", "best"),
+                              help="table value: pAUC / (limit·FNMR(0)), raw pAUC, or pAUC minus the oracle's"),
+    "bootstrap": Key(non_negative_int, default=1000, help="bootstrap resamples for the intervals (0 = none)"),
+    "bootstrap_unit": Key("str", default="auto", choices=("auto", "identities", "pairs"),
+                          help="resample identities when known (auto) or pairs"),
+    "bootstrap_seed": Key("int", default=0, minimum=0),
+    "confidence": Key(confidence_level, default=0.95, help="level of the bootstrap percentile interval"),
     "pair_quality": Key("str", default="min", choices=("min", "mean", "product")),
     "random_seeds": Key(positive_int, default=10, help="seeds of the random reference"),
     "missing_quality": Key("str", default="error", choices=("error", "min"),

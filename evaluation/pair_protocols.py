@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,9 @@ class PairProtocol:
 
     image_root: folder the image paths are relative to. images: relative POSIX paths, unique.
     pairs: (P, 2) int indices into ``images``. genuine: (P,) bool. folds: (P,) int or None.
-    source: the protocol file (for messages).
+    source: the protocol file (for messages). identities: each image's identity label, or None when
+    the protocol does not tell (bootstrap intervals then resample pairs, not identities).
+    info: provenance of a generated protocol (seed, counts), written to run.json.
     """
 
     name: str
@@ -40,6 +42,8 @@ class PairProtocol:
     genuine: np.ndarray
     folds: np.ndarray | None
     source: str
+    identities: list[str] | None = None
+    info: dict = field(default_factory=dict)
 
     @property
     def n_genuine(self) -> int:
@@ -172,7 +176,8 @@ def read_lfw_pairs(images_dir: str | os.PathLike, pairs_file: str | os.PathLike,
     images, idx = _index_pairs(path_pairs)
     _check_images_exist(root, images, source)
     return PairProtocol(name=name, image_root=root, images=images, pairs=idx,
-                        genuine=np.asarray(genuine, dtype=bool), folds=folds, source=source)
+                        genuine=np.asarray(genuine, dtype=bool), folds=folds, source=source,
+                        identities=[p.split("/", 1)[0] for p in images])
 
 
 def read_xqlfw(root: str | os.PathLike | None = None, images_dir=None, pairs_file=None,
@@ -193,9 +198,11 @@ _FALSE = {"0", "false", "no", "impostor", "different", "nonmated"}
 
 
 def read_pairs_csv(images_dir: str | os.PathLike, csv_file: str | os.PathLike, name: str = "pairs",
-                   allow_outside_root: bool = False) -> PairProtocol:
+                   allow_outside_root: bool = False, identity_from_folder: bool = False) -> PairProtocol:
     """Generic CSV ``path1,path2,genuine[,fold]`` (paths relative to ``images_dir``; genuine 1/0 or
-    true/false) → ``PairProtocol``. FroqError naming file and line for a bad row or missing image."""
+    true/false) → ``PairProtocol``. With ``identity_from_folder`` each image's identity is the first
+    folder of its path (``Name/x.jpg`` → ``Name``). FroqError naming file and line for a bad row or
+    missing image."""
     root = Path(images_dir)
     source = str(csv_file)
     if not root.is_dir():
@@ -221,9 +228,16 @@ def read_pairs_csv(images_dir: str | os.PathLike, csv_file: str | os.PathLike, n
                 raise FroqError(f"{source}:{line_no}: fold must be an integer (found {row['fold']!r})") from None
     images, idx = _index_pairs(path_pairs)
     _check_images_exist(root, images, source, allow_outside_root)
+    identities = None
+    if identity_from_folder:
+        flat = [p for p in images if "/" not in p]
+        if flat:
+            raise FroqError(f"{source}: identity: folder needs paths 'Identity/file', but {flat[0]!r} has no folder")
+        identities = [p.split("/", 1)[0] for p in images]
     return PairProtocol(name=name, image_root=root, images=images, pairs=idx,
                         genuine=np.asarray(genuine, dtype=bool),
-                        folds=np.asarray(folds, dtype=np.int64) if has_fold else None, source=source)
+                        folds=np.asarray(folds, dtype=np.int64) if has_fold else None, source=source,
+                        identities=identities)
 
 
 def read_insightface_bin(bin_file: str | os.PathLike, export_dir: str | os.PathLike, name: str = "bin") -> PairProtocol:

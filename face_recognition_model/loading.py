@@ -7,6 +7,7 @@ An FR config::
       weights: weights/adaface_ir101_webface12m.ckpt   # path | random | null (packaged default)
       source: https://...           # optional: where the official weights are published
     preprocess: {size: 112, mean: 0.5, std: 0.5, channels: [2, 1, 0]}
+    alignment: arcface112           # optional: the face template (face_recognition_model.templates)
 
 Relative weight paths are resolved against the current directory first, then the config's folder.
 """
@@ -21,6 +22,7 @@ from typing import Sequence
 import torch
 
 from face_recognition_model import registry
+from face_recognition_model.templates import AlignmentTemplate, template_from_config
 from froq.core.config import Key, load_config
 from froq.core.device import resolve_device
 from froq.core.errors import FroqError
@@ -35,6 +37,9 @@ FR_SCHEMA = {
     "model.source": Key("any", default=None),
     "model.kwargs": Key("dict", default={}),
     "preprocess": Key("dict", default={}),
+    "alignment": Key("any", default=None,
+                     help="face template: a name (dlib150, arcface112, sphereface96x112) or "
+                          "{size: [height, width], points: five [x, y]}; default: from preprocess.size"),
 }
 
 
@@ -71,6 +76,12 @@ class FRModel:
             self.embedding_dim = int(self.embed(torch.zeros(1, 3, h, w)).shape[1])
         return self.embedding_dim
 
+    def alignment(self) -> AlignmentTemplate | None:
+        """The face template of the FR config's ``alignment`` key (default: from
+        ``preprocess.size``; None when neither names one)."""
+        return template_from_config(self.config.get("alignment"), self.preprocess.size,
+                                    self.config_path or "FR config")
+
     @torch.no_grad()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (B, 3, H, W) → un-normalised embeddings (B, D) as float32 on CPU."""
@@ -85,8 +96,16 @@ def load_fr_config(path: str | Path, overrides: Sequence[str] | None = None) -> 
         registry.get_builder(cfg["model"]["arch"])  # fail early on an unknown name
     except FroqError as exc:
         raise FroqError(f"{path}: model.arch: {exc}") from None
-    Preprocess.from_config(cfg["preprocess"], str(path))
+    pre = Preprocess.from_config(cfg["preprocess"], str(path))
+    template_from_config(cfg.get("alignment"), pre.size, str(path))
     return cfg
+
+
+def alignment_of(cfg: dict, source: str = "FR config") -> AlignmentTemplate | None:
+    """The alignment template of a loaded FR config dict (its ``alignment`` key, else the template
+    of its ``preprocess.size``; None when there is none). FroqError for a bad value."""
+    pre = Preprocess.from_config(cfg.get("preprocess") or {}, source)
+    return template_from_config(cfg.get("alignment"), pre.size, source)
 
 
 def resolve_weights(cfg: dict) -> str | None:

@@ -30,6 +30,8 @@ for _n in (18, 34, 50, 100, 200):
     _REGISTRY[f"iresnet{_n}"] = f"face_recognition_model.iresnet:build_iresnet{_n}"
 _REGISTRY["onnx"] = "face_recognition_model.onnx_model:build_onnx"
 _REGISTRY["dlib_resnet"] = "face_recognition_model.dlib_resnet:build_dlib_resnet"
+_REGISTRY["curricularface_ir101"] = "face_recognition_model.curricularface:build_curricularface_ir101"
+_REGISTRY["swinface"] = "face_recognition_model.swinface:build_swinface"
 for _n in (50, 100):
     _REGISTRY[f"crfiqa_iresnet{_n}"] = f"face_recognition_model.iresnet:build_crfiqa_iresnet{_n}"
 

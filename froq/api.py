@@ -146,13 +146,13 @@ class Observer:
         """
         if isinstance(images, (str, Path)) and Path(images).is_dir():
             failures = FailureLog("froq")
-            result = froq_qualities(self.fr, images, self.layers, batch_size=batch_size,
+            result = froq_qualities(self.fr, images, self.record, batch_size=batch_size,
                                     early_exit=early_exit, save_embeddings=embeddings,
                                     num_workers=num_workers, failures=failures)
             return self._result(result.paths, result.values, embeddings, failures.items)
         batch = self.model_inputs(images)
         rows = []
-        with QualityObserver(self.fr, self.layers, early_exit=early_exit, embeddings=embeddings) as observe:
+        with QualityObserver(self.fr, self.record, early_exit=early_exit, embeddings=embeddings) as observe:
             for chunk in torch.split(batch, batch_size):
                 rows.append(observe(chunk))
         values = np.concatenate(rows) if rows else np.zeros((0, 1))

@@ -3,11 +3,13 @@
     froq labels   -c configs/baseline.yaml  [--set key=value ...]   # stage 1: pseudo-labels
     froq init     -c configs/init.yaml      [--set ...]             # stage 2: observer
     froq score    -c configs/inference.yaml [--set ...]             # stage 3: FROQ qualities
+    froq score-photos OBSERVER.json PHOTOS [-o qualities.csv]       # photos -> qualities (saved observer)
     froq methods  -c configs/score.yaml --method NAME [--set ...]   # comparison FIQA methods
     froq evaluate -c configs/evaluation.yaml [--set ...]            # EDC / pAUC tables and plots
     froq align --input PHOTOS --output DIR [...]                    # face alignment
     froq build-calibration --source DIR --output DIR [...]          # degraded calibration set
     froq run --photos DIR [...]                                     # everything end to end (run.sh)
+    froq table -c configs/table/lfw_dlib.yaml [--set ...]           # the paper's table (models x benchmarks x methods)
 
 Each subcommand is the same program as its script (``python baselineFIQA/main.py ...``), with the
 same options, ``--help`` (config keys and defaults listed) and errors (one ``error:`` line, exit 2).
@@ -26,11 +28,13 @@ COMMANDS = {
     "labels": ("baselineFIQA.main", "stage 1: pseudo-labels of a calibration set (auxiliary FIQA)"),
     "init": ("observer.initialization", "stage 2: observer initialisation (layer selection)"),
     "score": ("observer.inference", "stage 3: FROQ qualities of aligned faces"),
+    "score-photos": ("froq.score_photos", "qualities of photos (aligned as needed) with a saved observer"),
     "methods": ("methods.score", "comparison FIQA methods (serfiq, grafiqs, crfiqa, ...)"),
     "evaluate": ("evaluation.main", "EDC / pAUC evaluation, tables and plots"),
     "align": ("preparation.align", "align face photos for an FR model"),
     "build-calibration": ("preparation.calibration", "build a degraded calibration set"),
     "run": ("froq.pipeline", "the whole pipeline on a folder of photos (what run.sh runs)"),
+    "table": ("froq.table", "the paper's table: FR models x benchmarks x methods -> pAUC table, EDC plots"),
 }
 
 

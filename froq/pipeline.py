@@ -17,7 +17,11 @@ named relative to it), as run.sh always did:
    ``--max-calibration`` (``preparation.split.subsample_folder``).
 3. The three stages, called in this process through their ``main(argv)`` with ``--set`` overrides
    (``stage_argv``).
-4. ``write_summary``: ``summary.json`` and the printed summary (``summary_lines``).
+4. ``evaluate_step``: with ``--pairs FILE`` or a ``pairs.txt`` in or beside the photos, the EDC
+   evaluation of the qualities (``froq.pairs_evaluation``), its table printed.
+5. ``pictures_step``: contact sheet, layer-utility plot and the one-page ``report.html``
+   (``froq.report``, ``observer.figures``).
+6. ``write_summary``: ``summary.json`` and the printed summary (``summary_lines``).
 
 Every step prints ``== step``; the first failing step prints its own ``error: ...`` line, then
 ``run.sh: stopped: ...``, and the run exits with the step's code (2 for a user error). Problems with
@@ -45,7 +49,9 @@ DEFAULT_FR = "configs/fr/adaface_ir101.yaml"
 FALLBACK_FR = "configs/fr/dlib_resnet.yaml"
 DEFAULT_OUT = "outputs"
 DEFAULT_CALIBRATION = "calibration_dataset"
-DEFAULT_CAP = 300            # calibration sources built from --photos without --max-calibration
+DEFAULT_CAP = 1000           # calibration sources built from --photos without --max-calibration:
+                             # measured (README, "Calibration size"): the layer selection on LFW
+                             # with dlib is reproducible from ~1,000 images, not from 300
 POOL_FILE = "calibration_pool.txt"
 TEMPLATES = {150: "dlib150", 112: "arcface112"}
 STAGE_CONFIGS = {"labels": "configs/baseline.yaml", "init": "configs/init.yaml",
@@ -57,8 +63,10 @@ FROQ end to end: (align photos) -> (build a calibration set) -> pseudo-labels ->
 Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
 
   --photos DIR          raw photos (one folder per person, or flat). They are aligned for the FR
-                        model (preparation/align.py: dlib150 for dlib_resnet, arcface112
-                        for 112-px models) and split by identity into calibration sources and targets:
+                        model (preparation/align.py, to the template of the FR config's 'alignment':
+                        dlib150, arcface112, sphereface96x112, ...) and split by identity into
+                        calibration sources and targets (scored under the photos' own names, with a
+                        flag; photos without a face get the lowest quality):
                         the identities listed in --calibration-ids (default: a calibration_pool.txt
                         beside DIR, as in ../shared/data/lfw) go to calibration, the rest are scored;
                         without a list, every --every-th identity folder (sorted by name, starting with
@@ -72,25 +80,36 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
   --out DIR             output folder (default: outputs/ of the repository)
   --device DEV          auto | cpu | cuda | cuda:N (default: auto)
   --max-calibration N   at most N calibration source images, evenly spaced over the sorted list
-                        (default 300 when the set is built from --photos; all of a given
-                        --calibration folder unless this is set). Labels cost ~76 forward passes
-                        per image: 300 images with dlib_resnet took ~3 min on this 2-core CPU
-                        (1.7 img/s, one thread, load ~1), 28 min on a busy one.
+                        (default 1000 when the set is built from --photos: smaller sets gave
+                        other layer selections on LFW; all of a given --calibration folder unless
+                        this is set). Labels cost ~76 forward passes per image; measured with
+                        dlib_resnet on this 2-core CPU, one thread: 1.7 img/s at load ~1 (1000
+                        images ~10 min), 0.7 img/s at load ~8 (1549 images in 36 min). Finished
+                        labels are reused by any later run on the same images, model and settings
+                        (cache in ~/.cache/froq/labels, FROQ_CACHE=DIR or off).
   --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)
   --keep-clean          also put the clean sources into the built calibration set
   --seed S              seed of the calibration build and of the stages (default 0)
   --calibration-ids F   file of identity folder names (one a line) that form the calibration split
   --every K             identity split ratio without an ids file (default 4: 1 in 4 to calibration)
-  --select largest|center      face choice when a photo holds several (default largest)
+  --select central|largest|center   face choice when a photo holds several (default central: near
+                        the centre, weighted by size; preparation/align.py). Changing it (or --fallback)
+                        for the same --out reuses the detections: only changed crops are made again
   --fallback none|center-box   photos without a detected face: skip (default) or use a central box
+  --pairs FILE          LFW-style pairs of the photos to evaluate on (default: a pairs.txt inside or beside
+                        --photos, as in ../shared/data/lfw): FROQ vs random and perfect, EDC pAUC table
+                        and plot in OUT/evaluation/ (froq/pairs_evaluation.py)
   -c, --config FILE     YAML file of these options (keys = option names, e.g. max-calibration: 500)
   --set KEY=VALUE       one option value, e.g. --set variants=2 (repeatable)
   -h, --help            this help
 
 Without arguments: the calibration set is calibration_dataset/ (if it holds images) and its own
-images are scored. Every stage resumes from its .partial file when interrupted; the first failing
-stage stops the run with its message. Environment: PYTHON (default: ./.venv, set up by
-install.sh on first use, or the active python when it already has FROQ's dependencies)."""
+images are scored. After the qualities: OUT/contact_sheet.png (lowest, middle, highest qualities),
+OUT/layers.png (every layer's Spearman rho against depth, selected layers marked) and
+OUT/report.html (one self-contained page: summary, figures, evaluation). Every stage resumes
+from its .partial file when interrupted; the first failing stage stops the run with its message.
+Environment: PYTHON (default: ./.venv, set up by install.sh on first use, or the active python
+when it already has FROQ's dependencies)."""
 
 
 class RunError(FroqError):
@@ -125,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--fr", "fr"), ("--out", "out"), ("--device", "device"),
                       ("--max-calibration", "max_calibration"), ("--variants", "variants"),
                       ("--seed", "seed"), ("--calibration-ids", "calibration_ids"),
-                      ("--every", "every"), ("--select", "select"), ("--fallback", "fallback")):
+                      ("--every", "every"), ("--select", "select"), ("--fallback", "fallback"),
+                      ("--pairs", "pairs")):
         p.add_argument(opt, dest=dest, default=None)
     p.add_argument("--keep-clean", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
@@ -150,8 +170,9 @@ class Options:
     seed: int = 0
     calibration_ids: str = ""
     every: int = 4
-    select: str = "largest"
+    select: str = "central"
     fallback: str = "none"
+    pairs: str = ""
 
 
 def parse_args(argv: Sequence[str] | None) -> Options | None:
@@ -191,6 +212,8 @@ def check_options(ns: argparse.Namespace) -> Options:
             raise RunError(f"{opt}: folder not found: {value}")
     if ns.calibration_ids and not os.path.isfile(ns.calibration_ids):
         raise RunError(f"--calibration-ids: file not found: {ns.calibration_ids}")
+    if ns.pairs and not os.path.isfile(ns.pairs):
+        raise RunError(f"--pairs: file not found: {ns.pairs}")
     if ns.photos and ns.calibration and ns.target:
         raise RunError("--photos is unused when both --calibration and --target are given: drop one of them")
     from preparation.align import FALLBACKS, SELECT_MODES
@@ -200,8 +223,8 @@ def check_options(ns: argparse.Namespace) -> Options:
     return Options(photos=ns.photos or "", calibration=ns.calibration or "", target=ns.target or "",
                    fr=ns.fr or "", out=ns.out or DEFAULT_OUT, out_set=ns.out is not None,
                    device=ns.device or "auto", keep_clean=ns.keep_clean,
-                   calibration_ids=ns.calibration_ids or "", select=ns.select or "largest",
-                   fallback=ns.fallback or "none", **numbers)
+                   calibration_ids=ns.calibration_ids or "", select=ns.select or "central",
+                   fallback=ns.fallback or "none", pairs=ns.pairs or "", **numbers)
 
 
 def absolute(path: str, cwd: str) -> str:
@@ -216,8 +239,9 @@ def resolve_user_paths(opts: Options, cwd: str) -> Options:
     happens in the repository root: the folders and the ids file always; ``--fr`` when it names a
     file there (else it is relative to the repository); ``--out`` when given (the default
     ``outputs`` is the repository's)."""
-    opts.photos, opts.calibration, opts.target, opts.calibration_ids = (
-        absolute(p, cwd) for p in (opts.photos, opts.calibration, opts.target, opts.calibration_ids))
+    opts.photos, opts.calibration, opts.target, opts.calibration_ids, opts.pairs = (
+        absolute(p, cwd) for p in (opts.photos, opts.calibration, opts.target, opts.calibration_ids,
+                                   opts.pairs))
     if opts.fr and os.path.isfile(os.path.join(cwd, opts.fr)):
         opts.fr = absolute(opts.fr, cwd)
     if opts.out_set:
@@ -279,8 +303,17 @@ def choose_fr_config(fr: str = "") -> str:
 
 def alignment_template(size: int) -> str | None:
     """The ``preparation/align.py`` template for a model input size (150 → dlib150, 112 →
-    arcface112); None when there is none."""
+    arcface112) — the rule for FR configs without an ``alignment`` key; None when there is none."""
     return TEMPLATES.get(size)
+
+
+def fr_template_name(config: str) -> str | None:
+    """The alignment template of an FR config (its ``alignment`` key, else ``alignment_template``
+    of its input size), by name; None when there is none."""
+    from face_recognition_model.loading import alignment_of, load_fr_config
+
+    template = alignment_of(load_fr_config(config), config)
+    return template.name if template else None
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -350,28 +383,38 @@ def stage_step(name: str, main: Callable, argv: Sequence[str]) -> None:
 
 # ---- summary ------------------------------------------------------------------------------------
 
-def write_summary(out: str | os.PathLike, fr_config: str, calibration: str, target: str) -> dict:
+def write_summary(out: str | os.PathLike, fr_config: str, calibration: str, target: str,
+                  extra: dict | None = None) -> dict:
     """Summarise a finished run from ``out``'s ``observer.json``, ``qualities.csv`` and
     ``labels.csv``; write ``out/summary.json`` (atomically). Out: the summary dict: FR config,
     calibration folder and image count, target folder and scored count, selected layers, the
-    observer's Spearman with the pseudo-labels (greedy step of the selection), quality
-    min/median/max, output paths."""
+    observer's Spearman with the pseudo-labels (greedy step of the selection) and its bootstrap
+    stability, quality min/median/max, output paths, and ``extra`` (evaluation, pictures)."""
     import numpy as np
 
     from froq.core.io import read_csv, read_json, read_quality_csv, write_json
+    from observer.stability import stability_text
 
     out = Path(out)
     obs = read_json(out / "observer.json")
-    q = np.array(list(read_quality_csv(out / "qualities.csv").values()))
+    q_all = np.array(list(read_quality_csv(out / "qualities.csv").values()))
+    flags = [r.get("flag") or "ok" for r in read_csv(out / "qualities.csv", required=("path",))]
+    acquired = np.array([f in ("ok", "fallback") for f in flags], dtype=bool)
+    q = q_all[acquired] if acquired.any() else q_all   # the range of the faces, not of the failures
     n_labels = len(read_csv(out / "labels.csv", required=("path",)))
     sel = obs["selected_layers"]
-    rho = obs["greedy"][len(sel) - 1]["spearman"]
+    rho = obs["greedy"][len(obs.get("features") or sel) - 1]["spearman"]
     summary = {"fr_config": fr_config, "calibration": calibration, "calibration_images": n_labels,
-               "target": target, "target_images": int(len(q)), "selected_layers": sel,
+               "target": target, "target_images": int(len(q_all)),
+               "target_flags": {f: flags.count(f) for f in ("ok", "fallback", "no_face", "unreadable")},
+               "selected_layers": sel,
                "calibration_spearman": rho,
                "quality": {"min": float(q.min()), "median": float(np.median(q)), "max": float(q.max())},
                "outputs": {"labels": str(out / "labels.csv"), "observer": str(out / "observer.json"),
                            "qualities": str(out / "qualities.csv")}}
+    if obs.get("stability"):
+        summary["calibration_stability"] = stability_text(obs["stability"], sel)
+    summary.update(extra or {})
     write_json(out / "summary.json", summary)
     return summary
 
@@ -380,15 +423,114 @@ def summary_lines(summary: dict, out: str | os.PathLike) -> list[str]:
     """The printed summary of ``write_summary``'s dict (``== summary`` first)."""
     out = Path(out)
     q = summary["quality"]
-    return ["", "== summary",
-            f"FR config:        {summary['fr_config']}",
-            f"calibration:      {summary['calibration_images']} images ({summary['calibration']})",
-            f"selected layers:  {', '.join(summary['selected_layers'])}",
-            f"Spearman (observer vs pseudo-labels, calibration set): {summary['calibration_spearman']:.3f}",
-            f"target:           {summary['target_images']} images scored ({summary['target']}); "
-            f"quality min/median/max {q['min']:.4g}/{q['median']:.4g}/{q['max']:.4g} (higher = better)",
-            f"outputs:          {out / 'qualities.csv'} (path,quality), {out / 'observer.json'}, "
-            f"{out / 'labels.csv'}, {out / 'summary.json'}"]
+    lines = ["", "== summary",
+             f"FR config:        {summary['fr_config']}",
+             f"calibration:      {summary['calibration_images']} images ({summary['calibration']})",
+             f"selected layers:  {', '.join(summary['selected_layers'])}",
+             f"Spearman (observer vs pseudo-labels, calibration set): {summary['calibration_spearman']:.3f}"]
+    if summary.get("calibration_stability"):
+        lines.append(f"stability:        {summary['calibration_stability']}")
+    failed = {f: n for f, n in (summary.get("target_flags") or {}).items() if f in ("no_face", "unreadable") and n}
+    failed_text = ("; " + ", ".join(f"{n} {f} (lowest quality, -1)" for f, n in failed.items())) if failed else ""
+    lines += [f"target:           {summary['target_images']} images scored ({summary['target']}); "
+              f"quality min/median/max {q['min']:.4g}/{q['median']:.4g}/{q['max']:.4g} (higher = better)"
+              + failed_text,
+              f"outputs:          {out / 'qualities.csv'} (path,quality,percentile,flag), {out / 'observer.json'}, "
+              f"{out / 'labels.csv'}, {out / 'summary.json'}"]
+    ev = summary.get("evaluation")
+    if ev:
+        values = ", ".join(f"{m} {v:.3f}" for m, v in (ev.get("pauc_norm") or {}).items() if v is not None)
+        lines.append(f"evaluation:       {ev['benchmark']}, EDC pAUC (normalised; lower = better): "
+                     f"{values or 'see the table'}; {ev['table']}")
+    pics = summary.get("pictures")
+    if pics:
+        lines.append(f"pictures:         {', '.join(str(p) for p in pics.values() if p)}")
+    return lines
+
+
+def pair_paucs(results: dict, bench: str, model: str) -> dict:
+    """``{method: normalised pAUC}`` of one benchmark and model of ``run_evaluation``'s results
+    (primary FMR and discard limit; undefined values left out); {} when the layout is not the
+    expected one."""
+    import numpy as np
+
+    try:
+        values = {m: v.get("pauc_norm") for m, v in results[bench][model].items()}
+        return {m: float(v) for m, v in values.items() if v is not None and np.isfinite(float(v))}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return {}
+
+
+def evaluate_step(opts: Options, out: str, fr: str, target: str, aligned: str) -> dict | None:
+    """The evaluation at the end of a run (``froq.pairs_evaluation``) when ``--pairs`` is given or
+    a ``pairs.txt`` lies in or beside the photos; prints the table. ``aligned`` (the alignment
+    folder) when the qualities are named after the photos, else '' (named after ``target``). A pairs file found (not given)
+    that does not fit the photos is skipped with a note. Out: the summary's ``evaluation`` entry,
+    or None."""
+    from froq.pairs_evaluation import evaluate_run, find_pairs_file
+
+    pairs = opts.pairs or find_pairs_file(opts.photos)
+    if not pairs:
+        return None
+    images = opts.photos if aligned else target  # the names of the qualities CSV
+
+    def evaluate():
+        try:
+            return evaluate_run(out, pairs, images, f"{out}/qualities.csv", fr, opts.device,
+                                aligned or None)
+        except FroqError as exc:
+            if opts.pairs:
+                raise
+            print(f"{pairs} (found beside the photos) does not fit them: no evaluation ({exc})", flush=True)
+            return None
+
+    done = step(f"evaluation on {pairs} -> {out}/evaluation", evaluate)
+    if not done:
+        return None
+    print(Path(done["table"]).read_text(encoding="utf-8"), flush=True)
+    return {"benchmark": done["benchmark"], "pairs": pairs, "table": done["table"],
+            "edc_plots": done["edc_plots"], "no_face": done["no_face"],
+            "without_quality": done["without_quality"],
+            "pauc_norm": pair_paucs(done["results"], done["benchmark"], done["model"])}
+
+
+def pictures_step(opts: Options, out: str, target: str, aligned: str, summary: dict,
+                  evaluation: dict | None) -> dict:
+    """Contact sheet, layer-utility plot and the HTML report of a finished run (``froq.report``,
+    ``observer.figures``). Out: the summary's ``pictures`` entry (paths)."""
+    from froq.core.io import read_json
+    from froq.pairs_evaluation import chip_map
+    from froq.report import contact_sheet, read_faces, write_report
+    from observer.figures import plot_layer_utilities
+
+    def make() -> dict:
+        chips = chip_map(aligned) if aligned and os.path.isfile(f"{aligned}/landmarks.csv") else {}
+
+        def locate(name: str) -> Path | None:
+            for candidate in ((Path(aligned) / chips[name]) if name in chips else None,
+                              Path(target) / name, Path(opts.photos or target) / name):
+                if candidate is not None and candidate.is_file():
+                    return candidate
+            return None
+
+        faces, left_out = read_faces(f"{out}/qualities.csv", locate)
+        sheet, layers_png, report = f"{out}/contact_sheet.png", f"{out}/layers.png", f"{out}/report.html"
+        contact_sheet(faces, sheet, title=f"{len(faces)} scored faces: lowest, middle, highest quality"
+                      + (f" ({left_out} without a face not shown)" if left_out else ""))
+        plot_layer_utilities(read_json(f"{out}/observer.json"), layers_png)
+        pictures = {"contact_sheet": sheet, "layers": layers_png, "report": report}
+        figures = [("Lowest, middle and highest qualities", sheet),
+                   ("Layer utilities against depth (selected layers marked)", layers_png)]
+        tables = []
+        if evaluation:
+            figures += [(f"EDC ({Path(p).stem})", p) for p in evaluation["edc_plots"]]
+            tables.append((f"Evaluation on {evaluation['benchmark']}",
+                           Path(evaluation["table"]).read_text(encoding="utf-8")))
+        write_report(report, {**summary, "pictures": pictures}, figures, tables,
+                     title=f"FROQ run: {out}")
+        return pictures
+
+    return step("pictures and report", make)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -403,7 +545,7 @@ def run(opts: Options) -> int:
     if not os.path.isfile(fr):
         raise RunError(f"--fr: FR config not found: {fr}")
     info = fr_info(fr, strict=True)
-    template = alignment_template(info.size)
+    template = fr_template_name(fr)   # the FR config's alignment (else its preprocess size's)
     mpx = default_mpx(info.size)
     print(f"FR model: {info.arch} ({fr}), input {info.size}px", flush=True)
 
@@ -423,11 +565,12 @@ def run(opts: Options) -> int:
         from preparation.split import split_aligned
 
         if not template:
-            raise RunError(f"no alignment template for a {info.size}px model: align the photos yourself "
-                           "and pass --calibration/--target")
+            raise RunError(f"no alignment template for {fr} (a {info.size}px model): add 'alignment' to "
+                           "the FR config (face_recognition_model/templates.py), or align the photos "
+                           "yourself and pass --calibration/--target")
         aligned = f"{out}/aligned/{template}"
         stage_step(f"align photos ({template}) -> {aligned}", align.main,
-                   ["--input", opts.photos, "--output", aligned, "--template", template,
+                   ["--input", opts.photos, "--output", aligned, "--fr", fr,
                     "--select", opts.select, "--fallback", opts.fallback])
         ids = opts.calibration_ids
         if not ids:
@@ -467,7 +610,7 @@ def run(opts: Options) -> int:
     print(f"calibration: {counts[0]} images in {calib}; target: {counts[1]} images in {target}", flush=True)
 
     from baselineFIQA.main import main as labels_main
-    from observer.inference import main as inference_main
+    from froq.score_photos import score_targets
     from observer.initialization import main as init_main
 
     q = yaml_quoted
@@ -480,11 +623,22 @@ def run(opts: Options) -> int:
     stage_step("observer initialisation", init_main,
                stage_argv("init", common, dataset__path=q(calib), label_location=q(labels),
                           outpath=q(observer)))
-    stage_step("FROQ qualities", inference_main,
-               stage_argv("inference", common, target_dataset=q(target), observer_data=q(observer),
-                          outpath=q(qualities)))
+    # one way to score photos (froq.score_photos): original names, flags, lowest quality for no face
+    scored_photos = opts.photos and target == f"{out}/split/target"
+    step("FROQ qualities", lambda: score_targets(
+        stage_argv("inference", common, target_dataset=q(target), observer_data=q(observer),
+                   outpath=q(qualities)),
+        aligned=f"{out}/aligned/{template}" if scored_photos else None,
+        calibration_ids=(ids or None) if scored_photos and mode == "split" else None))
 
-    summary = write_summary(out, fr, calib, target)
+    aligned = f"{out}/aligned/{template}" if scored_photos else ""  # qualities named after the photos
+    extra = {}
+    evaluation = evaluate_step(opts, out, fr, target, aligned)
+    if evaluation:
+        extra["evaluation"] = evaluation
+    summary = write_summary(out, fr, calib, target, extra)
+    extra["pictures"] = pictures_step(opts, out, target, aligned, summary, evaluation)
+    summary = write_summary(out, fr, calib, target, extra)
     print("\n".join(summary_lines(summary, out)), flush=True)
     return 0
 

@@ -58,6 +58,6 @@ def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: i
           resume_path: str | Path | None = None, options: dict) -> RunResult:
     """FROQ quality of every readable image of ``root`` (or the relative ``paths``)."""
     obs = _observer(fr, options)
-    return froq_qualities(fr, root, obs["selected_layers"], batch_size=batch_size, paths=paths,
+    return froq_qualities(fr, root, obs, batch_size=batch_size, paths=paths,
                           early_exit=options["early_exit"], num_workers=num_workers,
                           resume_path=resume_path, failures=failures)

@@ -25,15 +25,18 @@ from face_recognition_model.loading import fr_from_stage_config  # noqa: E402
 from froq.core.cli import run_main, setup_logging, stage_parser  # noqa: E402
 from froq.core.config import Key, load_config, positive_int, public  # noqa: E402
 from froq.core.errors import FroqError  # noqa: E402
-from froq.core.images import FailureLog  # noqa: E402
-from froq.core.io import output_lock, write_csv  # noqa: E402
+from froq.core.images import FailureLog, read_image_list  # noqa: E402
+from froq.core import distributed  # noqa: E402
+from froq.core.io import write_csv  # noqa: E402
 from froq.core.runner import finish_stage  # noqa: E402
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs  # noqa: E402
 from methods import get_method, list_methods, resolve_options, run_method  # noqa: E402
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config, e.g. configs/fr/iresnet100.yaml"),
-    "target_dataset": Key("path", help="folder of aligned face images to score"),
+    "target_dataset": Key("path", help="folder of aligned face images to score (or an insightface train.rec)"),
+    "target_list": Key("path", default=None,
+                       help="text file of image paths relative to target_dataset, one a line (instead of walking the folder)"),
     "batch_size": Key(positive_int, default=32),
     "outpath": Key("path", default="outputs/scores/{method}.csv",
                    help="output CSV ({method} is replaced by the method name) or a folder"),
@@ -71,12 +74,15 @@ def main(argv=None) -> None:
                                                           "the stage config": cfg["_source"],
                                                           f"methods.{name}.observer": options.get("observer")},
                               folders={"target_dataset": cfg["target_dataset"]})
-    with output_lock(out):
+    paths = read_image_list(cfg["target_list"]) if cfg.get("target_list") else None
+    with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog(name)
         started = time.perf_counter()
-        result = run_method(name, fr, cfg["target_dataset"], batch_size=cfg["batch_size"],
+        result = run_method(name, fr, cfg["target_dataset"], batch_size=cfg["batch_size"], paths=paths,
                             num_workers=cfg["num_workers"], options=options, failures=failures,
                             resume_path=out, source=f"{cfg['_source']}: methods.{name}")
+        if not rank.main:  # under torchrun, rank 0 writes the merged output
+            return
         write_csv(out, ["path", *result.columns], result.rows())
         finish_stage(out, "score", images=len(result), failures=failures, started=started, label=name,
                      meta={"method": name, "options": options, "model": fr.identity(),

@@ -1,4 +1,5 @@
-"""The one hook mechanism of FROQ: per-image L2 norms of module outputs, reduced inside forward
+"""The one hook mechanism of FROQ: per-image statistics of module outputs (the paper's L2 norm, and
+optionally L1, mean, standard deviation, spatial spread of channel norms), reduced inside forward
 hooks (activations are never stored), with optional early exit once the wanted layers have fired.
 
 Used by observer initialisation (all layers, one pass) and inference (selected layers only).
@@ -27,19 +28,63 @@ def observable_layers(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-class NormRecorder:
-    """Context manager: forward hooks on ``layers`` of ``model`` recording per-image L2 norms.
+def _l2(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32)
 
-    For each forward of a batch of B images, ``norms()`` returns a (B, L) float64 array, one column
-    per layer in the given order; NaN where a layer did not fire or its output was not a floating tensor
-    with the batch as first dimension. A module called several times in one forward keeps its last call.
+
+def _l1(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(flat, ord=1, dim=1, dtype=torch.float32)
+
+
+def _mean(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    return flat.mean(dim=1, dtype=torch.float32)
+
+
+def _std(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    return torch.std(flat.float(), dim=1, correction=0)
+
+
+def _spatial_std(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor | None:
+    if out.dim() != 4 or out.shape[2] * out.shape[3] < 2:
+        return None
+    per_position = torch.linalg.vector_norm(out, dim=1, dtype=torch.float32)  # (B, H, W)
+    return torch.std(per_position.reshape(out.shape[0], -1), dim=1, correction=0)
+
+
+#: Per-image statistics of a layer's output ``x`` (B first; ``f`` = one image's output flattened):
+#: ``l2`` = ||f||_2 (the paper's), ``l1`` = ||f||_1, ``mean`` = mean(f), ``std`` = population std
+#: of f, ``spatial_std`` = population std over the H×W positions of the L2 norm over channels of a
+#: (B, C, H, W) output (undefined for other shapes). All reduced in float32.
+STATISTICS = {"l2": _l2, "l1": _l1, "mean": _mean, "std": _std, "spatial_std": _spatial_std}
+
+
+def check_statistics(statistics: Sequence[str]) -> list[str]:
+    """The statistic names as a list; FroqError naming the unknown ones (and the known ones)."""
+    statistics = list(statistics)
+    unknown = [s for s in statistics if s not in STATISTICS]
+    if unknown or not statistics or len(set(statistics)) != len(statistics):
+        raise FroqError(f"layer statistics {statistics}: unknown or repeated "
+                        f"({', '.join(unknown) or 'none given'}); known: {', '.join(STATISTICS)}")
+    return statistics
+
+
+class NormRecorder:
+    """Context manager: forward hooks on ``layers`` of ``model`` recording per-image statistics
+    (``statistics``, names of ``STATISTICS``; default the paper's L2 norm only).
+
+    For each forward of a batch of B images, ``norms()`` returns the (B, L) float64 L2 norms, one
+    column per layer in the given order, and ``stats()`` the (B, L, S) float64 statistics; NaN where
+    a layer did not fire or its output was not a floating tensor with the batch as first dimension.
+    A module called several times in one forward keeps its last call.
 
     ``early_exit=True`` raises ``EarlyExit`` (caught by ``run``) as soon as every layer has fired as
     many times as it did in the first (complete) forward — so layers called repeatedly are safe.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
-                 early_exit: bool = False) -> None:
+                 early_exit: bool = False, statistics: Sequence[str] = ("l2",)) -> None:
+        self.statistics = check_statistics(statistics)
+        self._reducers = [STATISTICS[name] for name in self.statistics]
         modules = dict(model.named_modules())
         self.model = model
         self.layers = list(layers) if layers is not None else observable_layers(model)
@@ -66,7 +111,7 @@ class NormRecorder:
 
     def _reset(self, batch_size: int) -> None:
         self._batch = batch_size
-        self._values: list[torch.Tensor | None] = [None] * len(self.layers)
+        self._values: list[list[torch.Tensor | None] | None] = [None] * len(self.layers)
         self._calls = [0] * len(self.layers)
         self._fired = 0
         self._last_output: torch.Tensor | None = None
@@ -88,8 +133,9 @@ class NormRecorder:
                 if output is self._last_output and output._version == self._last_version:
                     value = self._last_norm
                 else:
-                    flat = output.detach().reshape(self._batch, -1)
-                    value = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32)
+                    detached = output.detach()
+                    flat = detached.reshape(self._batch, -1)
+                    value = [reduce(detached, flat) for reduce in self._reducers]
                     self._last_output, self._last_norm = output, value
                     self._last_version = output._version
             self._values[col] = value
@@ -115,12 +161,21 @@ class NormRecorder:
         return out
 
     def norms(self) -> np.ndarray:
-        """(B, L) float64 norms of the last ``run``; NaN for layers without a usable output."""
-        out = np.full((self._batch, len(self.layers)), np.nan, dtype=np.float64)
-        cols = [i for i, v in enumerate(self._values) if v is not None]
-        if cols:
-            stacked = torch.stack([self._values[i] for i in cols], dim=1).cpu().double().numpy()
-            out[:, cols] = stacked
+        """(B, L) float64 L2 norms of the last ``run``; NaN for layers without a usable output."""
+        if "l2" not in self.statistics:
+            raise FroqError("this recorder does not compute the L2 norm (statistics "
+                            f"{self.statistics}): use stats()")
+        return np.ascontiguousarray(self.stats()[:, :, self.statistics.index("l2")])
+
+    def stats(self) -> np.ndarray:
+        """(B, L, S) float64 statistics of the last ``run`` (S = ``statistics`` in order); NaN
+        where a layer gave no usable output or the statistic is undefined for its shape."""
+        out = np.full((self._batch, len(self.layers), len(self.statistics)), np.nan, dtype=np.float64)
+        for s in range(len(self.statistics)):
+            cols = [i for i, v in enumerate(self._values) if v is not None and v[s] is not None]
+            if cols:
+                stacked = torch.stack([self._values[i][s] for i in cols], dim=1).cpu().double().numpy()
+                out[:, cols, s] = stacked
         return out
 
     def fired(self) -> list[bool]:

@@ -2,7 +2,8 @@
 
     python observer/inference.py -c configs/inference.yaml [--set target_dataset=DIR ...]
 
-Quality = mean L2 norm of the observer's selected layers; higher = better.
+Quality = mean L2 norm of the observer's selected layers (the paper), or for a FROQ+ observer the
+combination of its ``features`` (``observer.combination``); higher = better.
 Writes a CSV ``path,quality,percentile`` (paths relative to ``target_dataset``; ``percentile`` is
 the 0-100 scale of ``observer.scale``, same ranking) and, with
 ``save_embeddings: true``, ``<outpath stem>.embeddings.npy`` + ``<outpath stem>.embeddings.csv``
@@ -12,10 +13,11 @@ the 0-100 scale of ``observer.scale``, same ranking) and, with
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,19 +27,23 @@ from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
-from froq.core.images import FailureLog
-from froq.core.io import output_lock, read_json, write_csv, write_npy
+from froq.core import distributed
+from froq.core.images import FailureLog, read_image_list
+from froq.core.io import read_json, write_csv, write_npy
 from froq.core.runner import RunResult, finish_stage, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
-from observer.hooks import NormRecorder
+from observer.combination import STANDARDISATIONS, combined_quality
+from observer.hooks import STATISTICS, NormRecorder
 from observer.scale import percentile
 
 log = logging.getLogger("observer.inference")
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config (the one used at init)"),
-    "target_dataset": Key("path", help="folder of aligned faces to score"),
+    "target_dataset": Key("path", help="folder of aligned faces to score (or an insightface train.rec)"),
+    "target_list": Key("path", default=None,
+                       help="text file of image paths relative to target_dataset, one a line (instead of walking the folder)"),
     "batch_size": Key(positive_int, default=32),
     "observer_data": Key("path", help="observer JSON written by observer/initialization.py"),
     "early_exit": Key("bool", default=True, help="stop each forward once the selected layers fired"),
@@ -55,7 +61,40 @@ def read_observer(path: str | Path) -> dict:
     if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
         raise FroqError(f"{path}: no 'selected_layers' list of layer names — not an observer file "
                         "from observer/initialization.py")
+    if "features" in obs:
+        check_features(obs, str(path))
     return obs
+
+
+def _finite(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values)
+
+
+def check_features(obs: Mapping, source: str) -> None:
+    """FroqError naming ``source`` when a FROQ+ observer's ``features`` / ``standardise`` cannot be
+    applied (unknown statistic or standardisation, missing or non-finite parameters)."""
+    method, features = obs.get("standardise", "none"), obs.get("features")
+    need = {"none": (), "zscore": ("mean", "std"), "rank": ("quantiles",)}.get(method)
+    if need is None:
+        raise FroqError(f"{source}: standardise {method!r} is not one of {', '.join(STANDARDISATIONS)}")
+    if not isinstance(features, list) or not features:
+        raise FroqError(f"{source}: 'features' must be a non-empty list — re-run observer initialisation")
+    for k, f in enumerate(features):
+        ok = (isinstance(f, Mapping) and isinstance(f.get("layer"), str)
+              and f.get("statistic") in STATISTICS and f.get("sign") in (1, -1)
+              and _finite([f.get("weight")]) and f["weight"] > 0 and all(key in f for key in need))
+        if ok and method == "zscore":
+            ok = _finite([f["mean"], f["std"]])
+        if ok and method == "rank":
+            q = f["quantiles"]
+            ok = isinstance(q, list) and len(q) >= 2 and _finite(q) and all(a <= b for a, b in zip(q, q[1:]))
+        if not ok:
+            raise FroqError(f"{source}: features[{k}] is not a usable feature (needs layer, statistic "
+                            f"of {', '.join(STATISTICS)}, sign ±1, weight > 0 and {', '.join(need) or 'nothing'}"
+                            f" for standardise {method}) — re-run observer initialisation")
+        if f["layer"] not in obs["selected_layers"]:
+            raise FroqError(f"{source}: features[{k}] layer {f['layer']!r} is not in selected_layers")
 
 
 def check_same_model(obs: dict, fr: FRModel, source: str) -> None:
@@ -76,22 +115,60 @@ def check_same_model(obs: dict, fr: FRModel, source: str) -> None:
                     fr.preprocess.to_config())
 
 
-class QualityObserver:
-    """Context manager: hooks on the selected ``layers`` of ``fr``; call it on batches of model inputs.
+def observer_plan(observer: Sequence[str] | Mapping) -> tuple[list[str], list[str], list | None]:
+    """What to hook for an observer: (layers, statistics, features or None).
 
+    In: a list of layer names or an observer record (``read_observer``). A record without
+    ``features`` (the paper, and every observer file made before FROQ+) → its selected layers,
+    ``["l2"]`` and None (quality = mean L2 norm). A FROQ+ record → the layers and statistics its
+    features use (first-use order) and the features."""
+    if not isinstance(observer, Mapping):
+        return list(observer), ["l2"], None
+    if "features" not in observer:
+        return list(observer["selected_layers"]), ["l2"], None
+    features = list(observer["features"])
+    layers = list(dict.fromkeys(f["layer"] for f in features))
+    stats = list(dict.fromkeys(f["statistic"] for f in features))
+    return layers, stats, features
+
+
+def quality_from_statistics(stats: np.ndarray, layers: Sequence[str], statistics: Sequence[str],
+                            observer: Mapping) -> np.ndarray:
+    """FROQ quality of images from their (N, L, S) layer statistics (columns ``layers`` ×
+    ``statistics``, e.g. from ``observer.initialization.collect_statistics``) → (N,) float64.
+
+    The same arithmetic as ``QualityObserver``: the paper's mean L2 norm of the selected layers,
+    or the FROQ+ combination of the observer's features."""
+    sel, _, features = observer_plan(observer)
+    layer_index = {name: i for i, name in enumerate(layers)}
+    if features is None:
+        l2 = list(statistics).index("l2")
+        return stats[:, [layer_index[n] for n in sel], l2].mean(axis=1)
+    cols = stats[:, [layer_index[f["layer"]] for f in features],
+                 [list(statistics).index(f["statistic"]) for f in features]]
+    return combined_quality(cols, features, observer.get("standardise", "none"))
+
+
+class QualityObserver:
+    """Context manager: hooks on the observer's layers of ``fr``; call it on batches of model inputs.
+
+    ``observer``: the selected layer names (the paper) or an observer record (``read_observer``;
+    a FROQ+ record is combined as its ``features`` say).
     ``observe(images)`` → (B, 1 + D) float64: column 0 the FROQ quality (mean L2 norm of the
-    selected layers' outputs, higher = better), then the FR embedding of the same pass when
-    ``embeddings`` (D = 0 otherwise). With ``early_exit`` (and no embeddings) each forward stops
-    once every selected layer has fired. fp16 autocast on CUDA when ``autocast``.
+    selected layers' outputs, or the FROQ+ combination; higher = better), then the FR embedding of
+    the same pass when ``embeddings`` (D = 0 otherwise). With ``early_exit`` (and no embeddings)
+    each forward stops once every hooked layer has fired. fp16 autocast on CUDA when ``autocast``.
     """
 
-    def __init__(self, fr: FRModel, layers: Sequence[str], *, early_exit: bool = True,
+    def __init__(self, fr: FRModel, observer: Sequence[str] | Mapping, *, early_exit: bool = True,
                  embeddings: bool = False, autocast: bool = True) -> None:
         self.fr = fr
-        self.layers = list(layers)
+        self.layers, self.statistics, self.features = observer_plan(observer)
+        self.observer = observer
         self.embeddings = embeddings
         self.autocast = autocast
-        self.recorder = NormRecorder(fr.network, self.layers, early_exit=early_exit and not embeddings)
+        self.recorder = NormRecorder(fr.network, self.layers, early_exit=early_exit and not embeddings,
+                                     statistics=self.statistics)
 
     def __enter__(self) -> "QualityObserver":
         self.recorder.__enter__()
@@ -103,26 +180,36 @@ class QualityObserver:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         with torch.no_grad(), autocast_context(self.fr.device, self.autocast):
             out = self.recorder.run(self.fr.network, images.to(self.fr.device))
-        norms = self.recorder.norms()
-        if np.isnan(norms).any():
-            bad = [self.layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
-            raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
-                            "this model: the observer file does not belong to it")
-        quality = norms.mean(axis=1, keepdims=True)
+        if self.features is None:
+            norms = self.recorder.norms()
+            if np.isnan(norms).any():
+                bad = [self.layers[j] for j in np.where(np.isnan(norms).any(axis=0))[0]]
+                raise FroqError(f"selected layer(s) {', '.join(bad[:3])} produced no output for "
+                                "this model: the observer file does not belong to it")
+            quality = norms.mean(axis=1, keepdims=True)
+        else:
+            stats = self.recorder.stats()
+            quality = quality_from_statistics(stats, self.layers, self.statistics, self.observer)
+            if np.isnan(quality).any():
+                raise FroqError(f"a feature of the observer ({', '.join(self.layers[:3])}) gave no "
+                                "value for this model: the observer file does not belong to it")
+            quality = quality[:, None]
         if not self.embeddings:
             return quality
         emb = out.float().reshape(images.shape[0], -1).cpu().numpy().astype(np.float64)
         return np.concatenate([quality, emb], axis=1)
 
 
-def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str], *, batch_size: int = 32,
+def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str] | Mapping, *,
+                   batch_size: int = 32,
                    paths: Sequence[str] | None = None, early_exit: bool = True,
                    save_embeddings: bool = False, num_workers: int = 0, autocast: bool = True,
                    resume_path: str | Path | None = None,
                    failures: FailureLog | None = None) -> RunResult:
     """FROQ qualities of the images of ``root``: mean L2 norm of ``layers``, one forward per image.
 
-    In: FR model, folder (or explicit relative ``paths``), selected layer names, batch size,
+    In: FR model, folder (or explicit relative ``paths``), the selected layer names or the observer
+    record (needed for a FROQ+ observer: its features are combined), batch size,
     early exit (ignored when embeddings are wanted), and optionally ``resume_path`` (the output CSV;
     finished rows are kept in ``<path>.partial``).
     Out: ``RunResult`` in folder order with column ``quality`` (float64, higher = better) and, with
@@ -130,8 +217,11 @@ def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str], *, batc
     """
     dim = fr.embedding_size() if save_embeddings else 0
     columns = ["quality"] + [f"e{i}" for i in range(dim)]
-    key = {"stage": "inference", "model": fr.identity(), "layers": list(layers), "root": str(root),
+    hooked, _, features = observer_plan(layers)
+    key = {"stage": "inference", "model": fr.identity(), "layers": hooked, "root": str(root),
            "embeddings": dim, "autocast": autocast and fr.device.type == "cuda"}
+    if features is not None:
+        key["features"] = [features, layers.get("standardise", "none")]
     with QualityObserver(fr, layers, early_exit=early_exit, embeddings=save_embeddings,
                          autocast=autocast) as observe:
         return run_images(root, lambda _paths, images: observe(images), columns,
@@ -164,30 +254,37 @@ def main(argv=None) -> None:
         refuse_overwriting_inputs(f"{stem}.embeddings.npy", cfg["_source"],
                                   files={"observer_data": cfg["observer_data"]},
                                   folders={"target_dataset": cfg["target_dataset"]})
-    with output_lock(out):
+    paths = read_image_list(cfg["target_list"]) if cfg.get("target_list") else None
+    with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog("inference")
         start = time.perf_counter()
         result = froq_qualities(
-            fr, cfg["target_dataset"], obs["selected_layers"], batch_size=cfg["batch_size"],
+            fr, cfg["target_dataset"], obs, batch_size=cfg["batch_size"], paths=paths,
             early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
             num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
+        if not rank.main:  # under torchrun, rank 0 writes the merged output
+            return
         quality = result.column("quality")
+        # a RecordIO set keeps each record's identity label
+        lead = [("label", result.column("label").tolist())] if "label" in result.columns else []
         if obs.get("scale"):  # the readable 0-100 scale of the observer's calibration set
-            write_csv(out, ["path", "quality", "percentile"],
-                      zip(result.paths, quality.tolist(), percentile(quality, obs["scale"]).tolist()))
+            cols = [*lead, ("quality", quality.tolist()), ("percentile", percentile(quality, obs["scale"]).tolist())]
         else:
             log.warning("%s has no calibration scale (made before it existed): no percentile "
                         "column; re-run observer initialisation to get one", cfg["observer_data"])
-            write_csv(out, ["path", "quality"], zip(result.paths, quality.tolist()))
+            cols = [*lead, ("quality", quality.tolist())]
+        write_csv(out, ["path", *(name for name, _ in cols)], zip(result.paths, *(v for _, v in cols)))
         extra = ""
         if cfg["save_embeddings"]:
-            write_npy(f"{stem}.embeddings.npy", result.values[:, 1:].astype(np.float32))
+            first = result.columns.index("quality") + 1
+            write_npy(f"{stem}.embeddings.npy", result.values[:, first:].astype(np.float32))
             write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(result.paths))
             extra = f"; embeddings: {stem}.embeddings.npy"
         finish_stage(out, "inference", label="qualities", images=len(result), failures=failures,
                      started=start, extra=extra,
                      meta={"model": fr.identity(), "observer": cfg["observer_data"],
-                           "selected_layers": obs["selected_layers"], "config": public(cfg)})
+                           "selected_layers": obs["selected_layers"], "config": public(cfg),
+                           **({"variant": obs.get("variant", "plus")} if "features" in obs else {})})
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -24,13 +24,18 @@ from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, list_images
-from froq.core.io import output_lock, read_json, read_quality_csv, write_json
+from froq.core import distributed
+from froq.core.io import read_json, read_quality_csv, write_json
 from froq.core.runner import finish_stage, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
-from observer.hooks import NormRecorder, observable_layers
+from observer.hooks import NormRecorder, check_statistics, observable_layers
 from observer.scale import scale_record
-from observer.selection import alias_groups, greedy_selection, layer_utilities, top_candidates
+from observer.stability import selection_stability, stability_text
+from observer.combination import STANDARDISATIONS, WEIGHTINGS, combined_quality
+from observer.selection import (alias_groups, cross_validate_size, fit_features, greedy_selection,
+                                layer_utilities, top_candidates)
+from preparation.split import identity_of
 
 log = logging.getLogger("observer.init")
 
@@ -41,12 +46,63 @@ SCHEMA = {
     "label_location": Key("path", help="pseudo-label CSV written by baselineFIQA/main.py"),
     "label_column": Key("str", default="quality", help="which column of the label CSV to use"),
     "top_n": Key(positive_int, default=10, help="candidate layers for the greedy search"),
+    "variant": Key("str", default="paper", choices=["paper", "plus"],
+                   help="paper = the published FROQ; plus = FROQ+ (README, 'FROQ+')"),
+    "statistics": Key("list", default=None, nullable=True,
+                      help="per-layer statistics of the candidates (null: the variant's)"),
+    "standardise": Key("str", default=None, nullable=True, choices=list(STANDARDISATIONS),
+                       help="none | zscore | rank before averaging (null: the variant's)"),
+    "signed": Key("bool", default=None, nullable=True,
+                  help="rank by |rho|, flip features that fall with quality (null: the variant's)"),
+    "weights": Key("str", default=None, nullable=True, choices=list(WEIGHTINGS),
+                   help="equal | rho (null: the variant's)"),
+    "selection": Key("str", default=None, nullable=True, choices=["greedy", "cv"],
+                     help="greedy on all images | cv: set size by identity-grouped CV (null: the variant's)"),
+    "cv_folds": Key(positive_int, default=5, help="identity-grouped folds of selection: cv"),
     "autocast": Key("bool", default=True, help="fp16 autocast on CUDA (ignored on CPU)"),
     "outpath": Key("path", help="observer JSON (or a folder: observer.json inside)"),
     **COMMON_KEYS,
 }
 
 FORMAT = "froq-observer/1"
+
+#: the observer options (issue 12) and the two variants' values; a config key that is not null
+#: overrides its variant's value (e.g. ``variant: paper`` + ``standardise: zscore`` = one option alone)
+OPTION_KEYS = ("statistics", "standardise", "signed", "weights", "selection")
+VARIANTS = {
+    "paper": {"statistics": ["l2"], "standardise": "none", "signed": False, "weights": "equal",
+              "selection": "greedy"},
+    "plus": {"statistics": ["l2", "l1", "mean", "std", "spatial_std"], "standardise": "zscore",
+             "signed": True, "weights": "equal", "selection": "cv"},
+}
+
+
+def resolve_options(variant: str = "paper", overrides: Mapping | None = None) -> dict:
+    """The observer options of ``variant`` with the non-null ``overrides`` applied.
+
+    In: a variant name of ``VARIANTS`` and a mapping of option keys (null = keep the variant's).
+    Out: ``{statistics, standardise, signed, weights, selection}``; FroqError for an unknown
+    variant, option or statistic."""
+    if variant not in VARIANTS:
+        raise FroqError(f"unknown observer variant {variant!r}; known: {', '.join(VARIANTS)}")
+    options = dict(VARIANTS[variant], statistics=list(VARIANTS[variant]["statistics"]))
+    for key, value in (overrides or {}).items():
+        if key not in OPTION_KEYS:
+            raise FroqError(f"unknown observer option {key!r}; known: {', '.join(OPTION_KEYS)}")
+        if value is not None:
+            options[key] = list(value) if key == "statistics" else value
+    options["statistics"] = check_statistics(options["statistics"])
+    if options["standardise"] not in STANDARDISATIONS or options["weights"] not in WEIGHTINGS \
+            or options["selection"] not in ("greedy", "cv") or not isinstance(options["signed"], bool):
+        raise FroqError(f"observer options {options}: standardise must be one of "
+                        f"{', '.join(STANDARDISATIONS)}, weights one of {', '.join(WEIGHTINGS)}, "
+                        "selection greedy or cv, signed true or false")
+    return options
+
+
+def is_paper(options: Mapping | None) -> bool:
+    """True when ``options`` are the published method's (None counts as the paper)."""
+    return options is None or dict(options) == VARIANTS["paper"]
 
 
 def match_labels(root: str | Path, labels: dict[str, float], label_file: str) -> list[str]:
@@ -74,30 +130,55 @@ def match_labels(root: str | Path, labels: dict[str, float], label_file: str) ->
     return in_both
 
 
+def collect_statistics(fr: FRModel, root: str | Path, paths: Sequence[str],
+                       statistics: Sequence[str] = ("l2",), batch_size: int = 32,
+                       num_workers: int = 0, autocast: bool = True,
+                       resume_path: str | Path | None = None,
+                       failures: FailureLog | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """Per-image statistics (``observer.hooks.STATISTICS``) of every layer's output, in **one**
+    forward pass per image, reduced inside the hooks.
+
+    In: a loaded FR model, the calibration folder and the relative paths to read, the statistic
+    names, batch size, and optionally the observer output path (finished rows are kept in
+    ``<path>.partial``).
+    Out: (layer names in ``named_modules()`` order, paths read, (N, L, S) float64 statistics; NaN
+    where a layer did not fire, gave no batch tensor, or the statistic is undefined for its shape).
+    Unreadable images go to ``failures``.
+    """
+    statistics = check_statistics(statistics)
+    layers = observable_layers(fr.network)
+    key = {"stage": "observer_init", "model": fr.identity(), "root": str(root),
+           "autocast": autocast and fr.device.type == "cuda"}
+    if statistics == ["l2"]:  # the paper's: one column per layer (resume files as before)
+        columns = layers
+    else:
+        key["statistics"] = statistics
+        columns = [f"{layer}:{stat}" for layer in layers for stat in statistics]
+    with NormRecorder(fr.network, layers, statistics=statistics) as recorder, torch.no_grad(), \
+            autocast_context(fr.device, autocast):
+        def batch_fn(_paths: list[str], images: torch.Tensor) -> np.ndarray:
+            recorder.run(fr.network, images)
+            return recorder.stats().reshape(images.shape[0], -1)
+
+        result = run_images(root, batch_fn, columns, preprocess=fr.preprocess, device=fr.device,
+                            batch_size=batch_size, paths=paths, num_workers=num_workers,
+                            resume_path=resume_path, settings=key, failures=failures,
+                            desc="observer init", allow_empty=True)
+    values = result.values.reshape(len(result.paths), len(layers), len(statistics))
+    return layers, result.paths, values
+
+
 def collect_norms(fr: FRModel, root: str | Path, paths: Sequence[str], batch_size: int = 32,
                   num_workers: int = 0, autocast: bool = True, resume_path: str | Path | None = None,
                   failures: FailureLog | None = None) -> tuple[list[str], list[str], np.ndarray]:
     """Per-image L2 norms of every layer's output, in **one** forward pass per image.
 
-    In: a loaded FR model, the calibration folder and the relative paths to read, batch size,
-    and optionally the observer output path (finished rows are kept in ``<path>.partial``).
-    Out: (layer names in ``named_modules()`` order, paths read, (N, L) float64 norms; NaN where a
-    layer did not fire or gave no batch tensor). Unreadable images go to ``failures``.
+    In: as ``collect_statistics``. Out: (layer names in ``named_modules()`` order, paths read,
+    (N, L) float64 norms; NaN where a layer did not fire or gave no batch tensor).
     """
-    layers = observable_layers(fr.network)
-    key = {"stage": "observer_init", "model": fr.identity(), "root": str(root),
-           "autocast": autocast and fr.device.type == "cuda"}
-    with NormRecorder(fr.network, layers) as recorder, torch.no_grad(), \
-            autocast_context(fr.device, autocast):
-        def batch_fn(_paths: list[str], images: torch.Tensor) -> np.ndarray:
-            recorder.run(fr.network, images)
-            return recorder.norms()
-
-        result = run_images(root, batch_fn, layers, preprocess=fr.preprocess, device=fr.device,
-                            batch_size=batch_size, paths=paths, num_workers=num_workers,
-                            resume_path=resume_path, settings=key, failures=failures,
-                            desc="observer init", allow_empty=True)
-    return layers, result.paths, result.values
+    layers, read, values = collect_statistics(fr, root, paths, ("l2",), batch_size, num_workers,
+                                              autocast, resume_path, failures)
+    return layers, read, values[:, :, 0]
 
 
 def select_layers(layers: Sequence[str], norms: np.ndarray, labels: np.ndarray, top_n: int = 10) -> dict:
@@ -127,6 +208,71 @@ def select_layers(layers: Sequence[str], norms: np.ndarray, labels: np.ndarray, 
     }
 
 
+def select_features(layers: Sequence[str], stats: np.ndarray, labels: np.ndarray,
+                    options: Mapping, top_n: int = 10, groups: Sequence[str] | None = None,
+                    cv_folds: int = 5, seed: int = 0) -> dict:
+    """FROQ+ selection (issue 12) on collected statistics → the JSON-able selection record.
+
+    In: layer names, (N, L, S) statistics (S = ``options['statistics']`` in order), N labels, the
+    resolved options, top-n, and for ``selection: cv`` the identity of every image (folds by
+    identity), the number of folds and the fold seed.
+    Out: ``{selected_layers, features: [{layer, statistic, utility, sign, weight, mean/std or
+    quantiles}], standardise, greedy, candidates, layers, never_called, aliases, cv?,
+    calibration_quality}`` — everything inference needs is in ``features`` + ``standardise``.
+    """
+    stat_names = list(options["statistics"])
+    n, n_layers, n_stats = stats.shape
+    values = stats.reshape(n, n_layers * n_stats)
+    method, weighting, signed = options["standardise"], options["weights"], options["signed"]
+
+    def feature(j: int) -> tuple[str, str]:
+        return layers[j // n_stats], stat_names[j % n_stats]
+
+    fit = fit_features(values, labels, top_n, method, signed, weighting)
+    if not fit.candidates:
+        raise FroqError("no layer statistic has a defined Spearman utility (all outputs constant or "
+                        "missing): check the calibration set (identical images?) and the pseudo-labels")
+    size = fit.greedy.selected_count
+    cv = None
+    if options["selection"] == "cv":
+        if groups is None:
+            raise FroqError("selection: cv needs the identity (parent folder) of every image")
+        try:
+            cv = cross_validate_size(values, labels, groups, top_n, cv_folds, seed, method, signed,
+                                     weighting)
+        except ValueError as exc:
+            raise FroqError(f"selection: cv: {exc}; lower cv_folds or use selection: greedy") from None
+        size = min(cv.size, len(fit.greedy.order))
+    chosen = fit.greedy.order[:size]
+    features = []
+    for j in chosen:
+        layer, stat = feature(j)
+        features.append({"layer": layer, "statistic": stat, "utility": fit.utilities[j],
+                         "sign": fit.signs[j], "weight": fit.weights[j], **fit.params[j]})
+    selected_layers = list(dict.fromkeys(f["layer"] for f in features))
+    l2 = stat_names.index("l2") if "l2" in stat_names else 0
+    record = {
+        "selected_layers": selected_layers,
+        "standardise": method,
+        "features": features,
+        "greedy": [{"layer": feature(j)[0], "statistic": feature(j)[1], "spearman": r}
+                   for j, r in zip(fit.greedy.order, fit.greedy.rhos)],
+        "candidates": [{"layer": feature(j)[0], "statistic": feature(j)[1],
+                        "utility": fit.utilities[j]} for j in fit.candidates],
+        "layers": [{"name": name, "utilities": {stat: fit.utilities[i * n_stats + k]
+                                                for k, stat in enumerate(stat_names)}}
+                   for i, name in enumerate(layers)],
+        "never_called": [name for i, name in enumerate(layers) if np.all(np.isnan(stats[:, i, :]))],
+        "aliases": alias_groups(stats[:, :, l2], layers),
+    }
+    if cv is not None:
+        record["cv"] = {"folds": cv.folds, "seed": seed, "grouped_by": "parent folder",
+                        "selected_size": size, "spearman_by_size": cv.spearman_by_size,
+                        "per_fold": cv.per_fold}
+    record["calibration_quality"] = combined_quality(values[:, chosen], features, method)
+    return record
+
+
 def check_labels_model(label_file: str | Path, fr: FRModel) -> None:
     """FroqError when the pseudo-labels beside ``<labels>.meta.json`` were computed with another FR
     model (architecture, weights or preprocessing) than ``fr``: the observer would learn what
@@ -147,12 +293,15 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
                         batch_size: int = 32, top_n: int = 10, label_column: str = "quality",
                         num_workers: int = 0, autocast: bool = True,
                         resume_path: str | Path | None = None,
-                        failures: FailureLog | None = None) -> dict:
+                        failures: FailureLog | None = None, options: Mapping | None = None,
+                        cv_folds: int = 5, seed: int = 0) -> dict:
     """Whole stage as a function: labels + folder → selection record (plus ``images`` count).
 
     In: FR model, calibration folder, the pseudo-labels — a CSV (``path`` + ``label_column``) or a
-    mapping ``{relative path: label}`` — and settings.
-    Out: the dict of ``select_layers`` with ``images`` (images used) added.
+    mapping ``{relative path: label}`` — and settings; ``options`` (``resolve_options``; None =
+    the paper), ``cv_folds`` and ``seed`` for FROQ+.
+    Out: the dict of ``select_layers`` (paper) or ``select_features`` (other options, with
+    ``variant``-independent ``options`` recorded) with ``images`` and ``scale`` added.
     """
     if isinstance(label_file, Mapping):
         labels = {str(k): float(v) for k, v in label_file.items()}
@@ -169,16 +318,47 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
         raise FroqError(f"{label_file}: {len(bad)} label(s) in column '{label_column}' are not finite "
                         f"numbers (e.g. {bad[0]}): recompute the pseudo-labels")
     failures = failures if failures is not None else FailureLog("observer init")
-    layers, read, norms = collect_norms(fr, root, paths, batch_size, num_workers, autocast,
-                                        resume_path, failures)
+    statistics = ["l2"] if is_paper(options) else options["statistics"]
+    layers, read, stats = collect_statistics(fr, root, paths, statistics, batch_size, num_workers,
+                                             autocast, resume_path, failures)
     if len(read) < 3:
         raise FroqError(f"{root}: only {len(read)} readable labelled images; need at least 3")
     y = np.array([labels[p] for p in read], dtype=np.float64)
-    record = select_layers(layers, norms, y, top_n)
-    record["images"] = len(read)
-    columns = [layers.index(name) for name in record["selected_layers"]]
-    # the calibration images' own FROQ qualities: the reference of the readable 0-100 scale
-    record["scale"] = scale_record(norms[:, columns].mean(axis=1))
+    record = observer_from_statistics(layers, statistics, stats, read, y, options, top_n, cv_folds, seed)
+    if is_paper(options):  # how stable the selection is: a bootstrap on the same norms (no forward)
+        record["stability"] = selection_stability(layers, stats[:, :, statistics.index("l2")], y, read,
+                                                  record["selected_layers"], top_n)
+    return record
+
+
+def observer_from_statistics(layers: Sequence[str], statistics: Sequence[str], stats: np.ndarray,
+                             paths: Sequence[str], labels: np.ndarray, options: Mapping | None = None,
+                             top_n: int = 10, cv_folds: int = 5, seed: int = 0) -> dict:
+    """The observer record from collected statistics (no forward pass): what ``initialize_observer``
+    returns, also used by ``benchmarks/ablation.py`` on cached statistics.
+
+    In: layer names, the statistic names of ``stats`` (N, L, S) (a superset of the options'; the
+    paper needs ``l2``), the images' relative paths (identity = parent folder, for CV) and labels,
+    the options (None = the paper), top-n, CV folds and seed.
+    Out: ``select_layers``' record (paper) or ``{options, **select_features}`` with ``images``
+    and ``scale`` (the calibration images' own qualities) added.
+    """
+    statistics = list(statistics)
+    labels = np.asarray(labels, dtype=np.float64)
+    if is_paper(options):
+        norms = stats[:, :, statistics.index("l2")]
+        record = select_layers(layers, norms, labels, top_n)
+        record["images"] = len(paths)
+        columns = [list(layers).index(name) for name in record["selected_layers"]]
+        # the calibration images' own FROQ qualities: the reference of the readable 0-100 scale
+        record["scale"] = scale_record(norms[:, columns].mean(axis=1))
+        return record
+    wanted = [statistics.index(s) for s in options["statistics"]]
+    record = {"options": dict(options),
+              **select_features(layers, stats[:, :, wanted], labels, options, top_n,
+                                [identity_of(p) for p in paths], cv_folds, seed)}
+    record["images"] = len(paths)
+    record["scale"] = scale_record(record.pop("calibration_quality"))
     return record
 
 
@@ -191,8 +371,10 @@ def observer_file_record(fr: FRModel, record: dict, calibration: str | Path, lab
     formats"): selected layers first, then model identity, calibration, the selection details.
     """
     record = dict(record)
+    template = fr.alignment()  # the face template the calibration faces were aligned to
     return {"format": FORMAT, "selected_layers": record.pop("selected_layers"),
-            "model": fr.identity(), "calibration": {"path": str(calibration), "labels": str(label_file),
+            "model": fr.identity(), "alignment": template.record() if template else None,
+            "calibration": {"path": str(calibration), "labels": str(label_file),
                                                     "images": record.pop("images")},
             **record, "config": config or {},
             "unreadable": [{"path": p, "reason": r} for p, r in failures.items]}
@@ -209,19 +391,41 @@ def main(argv=None) -> None:
                                                           "face_recognition_config": cfg["face_recognition_config"],
                                                           "the stage config": cfg["_source"]},
                               folders={"dataset.path": cfg["dataset"]["path"]})
-    with output_lock(out):
+    options = resolve_options(cfg["variant"], {k: cfg[k] for k in OPTION_KEYS})
+    provenance = public(cfg)
+    if is_paper(options) and cfg["variant"] == "paper" and all(cfg[k] is None for k in OPTION_KEYS) \
+            and cfg["cv_folds"] == SCHEMA["cv_folds"].default:
+        # the published method: the observer file stays exactly what it was before FROQ+ existed
+        for key in ("variant", "cv_folds", *OPTION_KEYS):
+            provenance.pop(key)
+    # under torchrun each rank computes the norms of its shard; run_images hands every rank all
+    # ranks' norms (merged from their resume files), so the selection sees the whole set
+    with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog("observer init")
         start = time.perf_counter()
         record = initialize_observer(fr, cfg["dataset"]["path"], cfg["label_location"],
                                      batch_size=cfg["dataset"]["batch_size"], top_n=cfg["top_n"],
                                      label_column=cfg["label_column"], num_workers=cfg["num_workers"],
-                                     autocast=cfg["autocast"], resume_path=out, failures=failures)
+                                     autocast=cfg["autocast"], resume_path=out, failures=failures,
+                                     options=options, cv_folds=cfg["cv_folds"], seed=cfg["seed"])
+        if not is_paper(options):
+            record = {"variant": cfg["variant"], **record}
         result = observer_file_record(fr, record, cfg["dataset"]["path"], cfg["label_location"],
-                                      failures, public(cfg))
+                                      failures, provenance)
+        if not rank.main:  # rank 0 writes the observer file
+            return
         write_json(out, result)
-        best = result["greedy"][len(result["selected_layers"]) - 1]["spearman"]
+        if "features" in result:
+            chosen = ", ".join(f"{f['layer']}:{f['statistic']}{'(-)' if f['sign'] < 0 else ''}"
+                               for f in result["features"])
+            best = result["greedy"][len(result["features"]) - 1]["spearman"]
+        else:
+            chosen = ", ".join(result["selected_layers"])
+            best = result["greedy"][len(result["selected_layers"]) - 1]["spearman"]
         line = (f"observer: {out} ({result['calibration']['images']} calibration images; selected "
-                f"{', '.join(result['selected_layers'])}; Spearman {best:.4f}; {failures.summary()})")
+                f"{chosen}; Spearman {best:.4f}; {failures.summary()})")
+        if "stability" in result:
+            line = f"{line[:-1]}; {stability_text(result['stability'], result['selected_layers'])})"
         finish_stage(out, "observer_init", label="observer init", images=result["calibration"]["images"],
                      failures=failures, started=start, meta=None,  # the observer JSON is its own record
                      line=line)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FROQ_SHARED", REPO.parent / "shared"))
+
+# the tests never read or fill the user's labels cache (baselineFIQA/cache.py): a fresh one per session
+os.environ["FROQ_CACHE"] = tempfile.mkdtemp(prefix="froq-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FROQ_CACHE"], True)
 
 
 def shared_path(*parts: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
@@ -203,3 +204,87 @@ def test_cli_summary_and_clean_errors(blank_folder, tmp_path, capsys):
     code = run_main(align.main, ["--input", str(blank_folder), "--output", str(blank_folder / "x"),
                                  "--template", "dlib150"])
     assert code == 2 and "inside --input" in capsys.readouterr().err
+
+
+# -- issue 14: face choice, reuse of detections, templates from the FR config -------------------
+
+def test_central_choice_weighs_distance_by_face_size():
+    """area / (1 + (d / r)^2), r = half the box side: the centred face of a portrait beats a larger
+    face at the edge; a large face just off the centre beats a tiny one right at it."""
+    centred, edge = (77, 77, 181, 181), (-32, -18, 107, 120)     # Colin_Farrell_0003: 104 px vs 139 px
+    assert choose_face([edge, centred], 250, 250, "largest") == 0
+    assert choose_face([edge, centred], 250, 250, "central") == 1
+    tiny, big = (115, 115, 135, 135), (70, 60, 170, 160)          # 20 px at the centre, 100 px 10 px off
+    assert choose_face([tiny, big], 250, 250, "center") == 0
+    assert choose_face([tiny, big], 250, 250, "central") == 1
+    assert align.DEFAULT_SELECT == "central" and choose_face([centred], 250, 250) == 0
+
+
+def test_fallback_change_reuses_detections_and_never_detects_again(blank_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = align_folder(blank_folder, out, "arcface112", progress=False)
+    assert first["no_face"] == 2 and first["detected"] == 3
+    rows = read_rows(out)
+    assert rows["grey.jpg"]["boxes"] == "" and rows["grey.jpg"]["width"] == "160" and rows["grey.jpg"]["file"]
+
+    def no_detection(self, img):
+        raise AssertionError("the detector ran again")
+
+    monkeypatch.setattr(FaceAligner, "detect", no_detection)
+    second = align_folder(blank_folder, out, "arcface112", fallback="center-box", progress=False)
+    assert second["fallback"] == 2 and second["recropped"] == 2 and second["detected"] == 1  # unreadable: tried again
+    assert (out / "grey.png").is_file() and read_rows(out)["grey.jpg"]["status"] == "fallback"
+    third = align_folder(blank_folder, out, "arcface112", select="largest", fallback="none", progress=False)
+    assert third["no_face"] == 2 and third["recropped"] == 2
+    assert not (out / "grey.png").exists() and not (out / "sub" / "noise.png").exists()  # stale crops gone
+    assert read_rows(out)["grey.jpg"]["output"] == ""
+    with pytest.raises(FroqError, match="other settings"):  # another template: still refused
+        align_folder(blank_folder, out, "dlib150", progress=False)
+
+
+def test_select_change_crops_again_only_the_changed_faces(lfw_root, tmp_path, monkeypatch):
+    """Charles_Schumer_0002 holds two faces: largest = the one at the edge, central = the centred
+    one. Switching --select re-crops that photo from its stored boxes, and no other."""
+    images = lfw_root / "images"
+    rels = ["Aaron_Pena/Aaron_Pena_0001.jpg", "Charles_Schumer/Charles_Schumer_0002.jpg"]
+    out = tmp_path / "out"
+    align_folder(images, out, "dlib150", select="largest", paths=rels, progress=False)
+    before = {r: (out / r.replace(".jpg", ".png")).stat().st_mtime_ns for r in rels}
+    rows = read_rows(out)
+    assert rows[rels[1]]["n_faces"] == "2" and rows[rels[1]]["face_index"] == "1"
+    monkeypatch.setattr(FaceAligner, "detect", lambda self, img: pytest.fail("detected again"))
+    summary = align_folder(images, out, "dlib150", select="central", paths=rels, progress=False)
+    assert summary["recropped"] == 1 and summary["detected"] == 0 and summary["resumed"] == 1
+    rows = read_rows(out)
+    assert rows[rels[1]]["face_index"] == "0" and rows[rels[0]]["face_index"] == "0"
+    assert (out / rels[0].replace(".jpg", ".png")).stat().st_mtime_ns == before[rels[0]]
+    # the re-crop is the crop a clean run with --select central makes
+    monkeypatch.undo()
+    clean = tmp_path / "clean"
+    align_folder(images, clean, "dlib150", select="central", paths=rels, progress=False)
+    name = rels[1].replace(".jpg", ".png")
+    assert (out / name).read_bytes() == (clean / name).read_bytes()
+
+
+def test_template_from_the_fr_config_makes_96_wide_chips(lfw_sample, tmp_path):
+    images, rels = lfw_sample
+    photos = tmp_path / "photos"
+    for rel in rels:
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(images / rel, photos / rel)
+    cfg = tmp_path / "fr96.yaml"
+    cfg.write_text("model: {arch: dlib_resnet}\npreprocess: {size: [112, 96]}\nalignment: sphereface96x112\n")
+    code = run_main(align.main, ["--input", str(photos), "--output", str(tmp_path / "o"), "--fr", str(cfg),
+                                 "--workers", "1"])
+    assert code == 0
+    chips = sorted((tmp_path / "o").rglob("*.png"))
+    assert len(chips) == len(rels) and all(Image.open(p).size == (96, 112) for p in chips)
+    check = align.check_aligned(tmp_path / "o", [p.relative_to(tmp_path / "o").as_posix() for p in chips[:4]],
+                                "sphereface96x112", sample=4)
+    assert check.aligned and check.error < align.ALIGNED_TOLERANCE, check.describe()
+    assert not align.check_aligned(tmp_path / "o", [p.relative_to(tmp_path / "o").as_posix() for p in chips[:4]],
+                                   "arcface112").aligned  # wrong size for that template
+    no_template = tmp_path / "fr80.yaml"
+    no_template.write_text("model: {arch: dlib_resnet}\npreprocess: {size: 80}\n")
+    with pytest.raises(FroqError, match="no alignment template"):
+        align.template_of_fr_config(no_template)

@@ -23,10 +23,11 @@ def run_froq(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_job():
     proc = run_froq("--help")
     assert proc.returncode == 0
-    for name in ("labels", "init", "score", "methods", "evaluate", "align", "build-calibration", "run"):
+    for name in ("labels", "init", "score", "score-photos", "methods", "evaluate", "align",
+                 "build-calibration", "run", "table"):
         assert f"  {name} " in proc.stdout, name
-    assert set(COMMANDS) == {"labels", "init", "score", "methods", "evaluate", "align",
-                             "build-calibration", "run"}
+    assert set(COMMANDS) == {"labels", "init", "score", "score-photos", "methods", "evaluate", "align",
+                             "build-calibration", "run", "table"}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

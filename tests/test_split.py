@@ -198,7 +198,7 @@ def test_options_help_and_paths(tmp_path, capsys):
     out = capsys.readouterr().out
     for opt in ("--photos DIR", "--calibration DIR", "--target DIR", "--fr CFG", "--out DIR", "--device DEV",
                 "--max-calibration N", "--variants N", "--keep-clean", "--seed S", "--calibration-ids F",
-                "--every K", "--select largest|center", "--fallback none|center-box", "-h, --help"):
+                "--every K", "--select central|largest|center", "--fallback none|center-box", "-h, --help"):
         assert opt in out
     (tmp_path / "photos").mkdir()
     (tmp_path / "my.yaml").write_text("x: 1\n")

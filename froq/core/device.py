@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import torch
 
+from froq.core.distributed import local_cuda_device
 from froq.core.errors import FroqError
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     """Map a config value (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``) to a ``torch.device``.
 
-    In: the config string (None means ``auto``). Out: a usable device.
+    In: the config string (None means ``auto``). Out: a usable device; ``auto`` and ``cuda`` give
+    ``cuda:LOCAL_RANK`` in a torchrun process on a machine with CUDA.
     Raises FroqError when CUDA is requested but not available.
     """
     name = (name or "auto").strip().lower()
+    if name in ("auto", "cuda"):
+        # under torchrun each process takes the GPU of its LOCAL_RANK (README, "Scaling out")
+        local = local_cuda_device()
+        if local is not None:
+            return local
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -88,6 +88,40 @@ def list_images(root: str | os.PathLike, failures: "FailureLog | None" = None) -
     return found
 
 
+def read_image_list(list_file: str | os.PathLike) -> list[str]:
+    """Relative image paths from a list file (one per line, relative to the images' root), sorted:
+    the input of a stage at scale instead of walking a tree (``dataset.list`` / ``target_list``).
+
+    In: the text file (UTF-8; blank lines and ``#`` comments skipped). Out: sorted POSIX paths.
+    FroqError naming the file and line for an absolute path, a path leaving the root (``..``), a
+    repeated path, or a file without any path.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FroqError(f"image list not found: {list_file}")
+    seen: set[str] = set()
+    try:
+        with open(list_file, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                rel = line.strip()
+                if not rel or rel.startswith("#"):
+                    continue
+                rel = rel.replace("\\", "/")
+                parts = rel.split("/")
+                if rel.startswith("/") or ".." in parts or (len(rel) > 1 and rel[1] == ":"):
+                    raise FroqError(f"{list_file}:{number}: {rel!r} is not a path relative to the "
+                                    "images' root (absolute or with '..'): list paths below the root")
+                rel = "/".join(p for p in parts if p not in ("", "."))
+                if rel in seen:
+                    raise FroqError(f"{list_file}:{number}: {rel!r} is listed twice")
+                seen.add(rel)
+    except UnicodeDecodeError:
+        raise FroqError(f"{list_file}: not a UTF-8 text file of image paths") from None
+    if not seen:
+        raise FroqError(f"{list_file}: lists no image path (one relative path per line)")
+    return sorted(seen)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image as 8-bit RGB (grayscale, RGBA, palette, 16-bit and CMYK are converted).
 
@@ -98,7 +132,14 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(f"not a regular file (a pipe, device, socket or folder): not opened")
-    with Image.open(path, formats=ALLOWED_FORMATS) as img:
+    return decode_rgb(path)
+
+
+def decode_rgb(source) -> Image.Image:
+    """``load_rgb``'s decoding of an opened image: a path or a binary file object (e.g. the bytes
+    of a RecordIO record in ``io.BytesIO``) → 8-bit RGB, with the same allowed formats and pixel
+    limit. Raises OSError/ValueError for anything else."""
+    with Image.open(source, formats=ALLOWED_FORMATS) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width}x{img.height} pixels is above the {MAX_PIXELS:,}-pixel "
                              "limit (a decompression bomb or not a face photo): not decoded")
@@ -168,9 +209,14 @@ class Preprocess:
                 "channels": list(self.channels)}
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
-        """PIL RGB image → resized uint8 tensor (3, H, W) in RGB order (no normalisation)."""
+        """PIL RGB image → resized uint8 tensor (3, H, W) in RGB order (no normalisation).
+
+        A resize that changes the aspect ratio (faces squashed, e.g. 112×112 chips for a 96×112
+        model) is warned about once per process and model input size."""
         h, w = self.size
         if img.size != (w, h):
+            if abs(img.width * h - w * img.height) > 0.01 * img.width * h:
+                _warn_aspect_once(img.size, (w, h))
             img = img.resize((w, h), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -192,6 +238,20 @@ class Preprocess:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return ((0.0 - mean) / std)[list(self.channels)]
+
+
+_ASPECT_WARNED: set[tuple[int, int]] = set()
+
+
+def _warn_aspect_once(image_size: tuple[int, int], model_size: tuple[int, int]) -> None:
+    """One warning per model input size (width, height) that images of another aspect ratio are
+    squashed to it."""
+    if model_size in _ASPECT_WARNED:
+        return
+    _ASPECT_WARNED.add(model_size)
+    log.warning("images of %dx%d (width x height) are resized to the model's %dx%d, which changes "
+                "their aspect ratio (faces are squashed): align them for this model (its FR config's "
+                "'alignment'; preparation/align.py --fr CONFIG) (said once)", *image_size, *model_size)
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -244,12 +304,18 @@ def collate_images(items) -> Batch:
 
 
 def image_loader(dataset: ImageFolder, batch_size: int, num_workers: int = 0,
-                 device: torch.device | None = None) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset`` in file order, with ``collate_images`` and pinned memory on CUDA."""
+                 device: torch.device | None = None,
+                 batches: Sequence[Sequence[int]] | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` in file order, with ``collate_images`` and pinned memory on CUDA;
+    ``batches`` (lists of dataset indices) fixes each batch's members instead of ``batch_size``."""
+    pin = bool(device is not None and device.type == "cuda")
+    if batches is not None:
+        return torch.utils.data.DataLoader(
+            dataset, batch_sampler=[list(b) for b in batches], num_workers=num_workers,
+            collate_fn=collate_images, pin_memory=pin, persistent_workers=False)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_images, pin_memory=bool(device is not None and device.type == "cuda"),
-        persistent_workers=False)
+        collate_fn=collate_images, pin_memory=pin, persistent_workers=False)
 
 
 class FailureLog:

@@ -1,0 +1,183 @@
+"""Adience as used for FIQA: every pair of its face images, mated when both show the same face id.
+
+Dataset layout (``root``)::
+
+    fold_0_data.txt ... fold_4_data.txt    tab-separated, header: user_id, original_image, face_id,
+                                           age, gender, x, y, dx, dy, tilt_ang, fiducial_yaw_angle,
+                                           fiducial_score
+    faces/<user_id>/coarse_tilt_aligned_face.<face_id>.<original_image>
+
+Protocol (CR-FIQA, Boutros et al., CVPR 2023: its released evaluation code
+``evaluation/extract_adience.py``): the images are compared all against all (every unordered
+pair once) and a pair is mated when the two images carry the same ``face_id`` (the id in the file
+name). With the 19,370 images of the fold files that is about 187.6 million pairs, so the pairs are
+built block by block into int32 arrays and scored in blocks (``evaluation.ijbc.protocol_pair_scores``).
+``impostors: N`` keeps all mated pairs and a seeded uniform sample of N non-mated pairs instead
+(a convenience for small machines, not a published protocol).
+
+The images must first be aligned for the FR model (``preparation/align.py --input <root>/faces``);
+``images`` is that aligned folder (same relative layout; the extension may differ).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from froq.core.errors import FroqError
+from froq.core.images import IMAGE_EXTENSIONS
+
+from evaluation.pair_protocols import PairProtocol
+
+log = logging.getLogger(__name__)
+
+FOLD_FILES = tuple(f"fold_{i}_data.txt" for i in range(5))
+REQUIRED_COLUMNS = ("user_id", "original_image", "face_id")
+IDENTITIES = ("face_id", "user_face")
+PAIR_BLOCK = 2048  # rows of the upper triangle generated at once
+
+
+def adience_path(user_id: str, face_id: str, original_image: str) -> str:
+    """Relative path of a face image: ``<user_id>/coarse_tilt_aligned_face.<face_id>.<original_image>``."""
+    return f"{user_id}/coarse_tilt_aligned_face.{face_id}.{original_image}"
+
+
+def read_folds(root: str | os.PathLike) -> list[tuple[str, str, int]]:
+    """The five fold files of ``root`` → ``(relative image path, user_id, face_id)`` per listed face,
+    in file order, each image once. FroqError naming file and line for a missing file, a missing
+    column, a non-integer face id, or one image listed with two face ids."""
+    root = Path(root)
+    out: dict[str, tuple[str, str, int]] = {}
+    for name in FOLD_FILES:
+        path = root / name
+        if not path.is_file():
+            raise FroqError(f"Adience fold file not found: {path} — give 'root' as the folder holding "
+                            f"{', '.join(FOLD_FILES)} and faces/")
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.reader(fh, delimiter="\t")
+            header = [h.strip() for h in next(reader, [])]
+            lacking = [c for c in REQUIRED_COLUMNS if c not in header]
+            if lacking:
+                raise FroqError(f"{path}:1: header lacks {', '.join(lacking)} (a tab-separated header "
+                                f"starting {chr(9).join(REQUIRED_COLUMNS)} is expected)")
+            col = {c: header.index(c) for c in REQUIRED_COLUMNS}
+            for no, row in enumerate(reader, start=2):
+                if not any(v.strip() for v in row):
+                    continue
+                if len(row) <= max(col.values()):
+                    raise FroqError(f"{path}:{no}: expected at least {max(col.values()) + 1} tab-separated "
+                                    f"fields, found {len(row)}")
+                user, image, face = (row[col[c]].strip() for c in REQUIRED_COLUMNS)
+                try:
+                    face_id = int(face)
+                except ValueError:
+                    raise FroqError(f"{path}:{no}: face_id must be an integer (found {face!r})") from None
+                rel = adience_path(user, face, image)
+                if rel in out and out[rel][2] != face_id:
+                    raise FroqError(f"{path}:{no}: {rel} is listed again with another face_id")
+                out.setdefault(rel, (rel, user, face_id))
+    if not out:
+        raise FroqError(f"{root}: the fold files list no face")
+    return list(out.values())
+
+
+def _locate(images: Path, rel: str) -> str | None:
+    if (images / rel).is_file():
+        return rel
+    stem = rel[: -len(Path(rel).suffix)] if Path(rel).suffix else rel
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+        if (images / (stem + ext)).is_file():
+            return stem + ext
+    return None
+
+
+def all_pairs(n: int) -> np.ndarray:
+    """Every unordered pair (i < j) of ``n`` items as an int32 (n(n-1)/2, 2) array, row-major."""
+    total = n * (n - 1) // 2
+    if n >= 2 ** 31:
+        raise FroqError(f"{n} images are too many for int32 pair indices")
+    out = np.empty((total, 2), dtype=np.int32)
+    pos = 0
+    for start in range(0, n, PAIR_BLOCK):
+        rows = np.arange(start, min(start + PAIR_BLOCK, n), dtype=np.int64)
+        counts = n - 1 - rows
+        k = int(counts.sum())
+        first = np.repeat(rows, counts)
+        offsets = np.arange(k) - np.repeat(np.cumsum(counts) - counts, counts)
+        out[pos:pos + k, 0] = first
+        out[pos:pos + k, 1] = first + 1 + offsets
+        pos += k
+    return out
+
+
+def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = None, name: str = "adience",
+                 identity: str = "face_id", impostors: str | int = "all", seed: int = 0,
+                 missing_images: str = "error") -> PairProtocol:
+    """Adience → ``PairProtocol`` (see module doc).
+
+    In: ``root`` (fold files + ``faces/``), ``images`` (the aligned folder; default
+    ``<root>/faces``), ``identity`` (``face_id`` as CR-FIQA, or ``user_face`` = user_id and
+    face_id together), ``impostors`` (``all`` or a count), ``seed``, ``missing_images``
+    (``error``, or ``drop``: leave out listed faces with no file in ``images``, e.g. no face found
+    by the aligner — CR-FIQA skipped those too). Pairs are in row-major order of the upper triangle
+    over the listed images (fold-file order); ``folds`` is None.
+    """
+    root = Path(root)
+    if identity not in IDENTITIES:
+        raise FroqError(f"{name}: identity must be one of {', '.join(IDENTITIES)} (got {identity!r})")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FroqError(f"{name}: seed must be an integer (got {seed!r})")
+    if missing_images not in ("error", "drop"):
+        raise FroqError(f"{name}: missing_images must be error or drop (got {missing_images!r})")
+    faces = read_folds(root)
+    image_dir = Path(images) if images is not None else root / "faces"
+    if not image_dir.is_dir():
+        raise FroqError(f"{name}: image folder not found: {image_dir}")
+    kept, absent = [], []
+    for rel, user, face in faces:
+        found = _locate(image_dir, rel)
+        if found is None:
+            absent.append(rel)
+        else:
+            kept.append((found, user, face))
+    if absent:
+        msg = (f"{image_dir}: {len(absent)} of {len(faces)} face(s) of the fold files have no image "
+               f"(e.g. {', '.join(absent[:3])})")
+        if missing_images == "error":
+            raise FroqError(msg + " — align the whole faces/ folder, or set missing_images: drop")
+        log.warning("%s; left out (missing_images: drop)", msg)
+    if len(kept) < 2:
+        raise FroqError(f"{name}: fewer than two images to compare")
+    paths = [k[0] for k in kept]
+    if identity == "face_id":
+        ids = np.array([k[2] for k in kept], dtype=np.int64)
+    else:
+        _, ids = np.unique(np.array([f"{k[1]}\t{k[2]}" for k in kept]), return_inverse=True)
+    pairs = all_pairs(len(paths))
+    genuine = np.empty(len(pairs), dtype=bool)
+    for s in range(0, len(pairs), 1 << 24):  # blocks: no (P,) int64 temporaries
+        block = pairs[s:s + (1 << 24)]
+        genuine[s:s + len(block)] = ids[block[:, 0]] == ids[block[:, 1]]
+    if not genuine.any():
+        raise FroqError(f"{name}: no two images share a {identity}: no mated pair")
+    if impostors != "all":
+        if isinstance(impostors, bool) or not isinstance(impostors, int) or impostors < 1:
+            raise FroqError(f"{name}: impostors must be 'all' or a positive count (got {impostors!r})")
+        imp = np.flatnonzero(~genuine)
+        if impostors < len(imp):
+            pick = np.sort(np.random.default_rng(seed).choice(imp, size=impostors, replace=False))
+            keep = np.sort(np.concatenate([np.flatnonzero(genuine), pick]))
+            pairs, genuine = pairs[keep], genuine[keep]
+    protocol = PairProtocol(name=name, image_root=image_dir, images=paths, pairs=pairs, genuine=genuine,
+                            folds=None, source=str(root / FOLD_FILES[0]))
+    # identity labels and provenance, where this version of PairProtocol carries them
+    if hasattr(protocol, "identities"):
+        protocol.identities = [str(i) for i in ids.tolist()]
+    if hasattr(protocol, "info"):
+        protocol.info = {"protocol": "all pairs, mated = same " + identity + " (CR-FIQA)",
+                         "impostors": impostors, "seed": seed, "dropped_images": len(absent)}
+    return protocol
