@@ -20,8 +20,9 @@ scale), one row per image of ``PHOTOS_DIR`` under its ORIGINAL relative path, in
 order. ``flag`` is ``ok``, ``fallback`` (aligned from the fixed central box, ``--fallback
 center-box``), ``no_face`` (nothing detected) or ``unreadable``. A face that could not be
 acquired (``no_face``, ``unreadable``) gets the lowest quality (ISO/IEC 29794-1: failure to acquire
-= lowest quality): ``FAILURE_QUALITY`` = -1, below every FROQ quality (a mean of L2 norms, never
-negative), and percentile 0 (faces score strictly inside (0, 100)); so an evaluation still covers
+= lowest quality): ``FAILURE_QUALITY`` = -1, below every paper FROQ quality (a mean of L2 norms,
+never negative; for FROQ+ observers, whose standardised qualities can be negative, one less than the
+floor of the lowest real quality: ``failure_quality``), and percentile 0 (faces score strictly inside (0, 100)); so an evaluation still covers
 every pair and discards these first. ``<output>.meta.json`` records the observer, the model, the
 template, how the folder was read and the count per flag. ``./run.sh`` scores its targets with
 ``score_entries`` too.
@@ -114,6 +115,15 @@ def target_entries(aligned: str | Path, target_dir: str | Path,
     return keep
 
 
+def failure_quality(qualities: np.ndarray) -> float:
+    """The quality written for a face that could not be acquired: ``FAILURE_QUALITY`` (-1), or,
+    when an observer's qualities can be negative (FROQ+ standardised features), one less than the
+    floor of the lowest real quality of the output, so it stays below every face."""
+    if qualities.size and float(np.min(qualities)) <= FAILURE_QUALITY:
+        return float(np.floor(np.min(qualities))) - 1.0
+    return FAILURE_QUALITY
+
+
 def score_entries(observer, root: str | Path, entries: Sequence[PhotoEntry], out: str | Path, *,
                   batch_size: int = 32, num_workers: int = 0, early_exit: bool = True,
                   autocast: bool = True, failures: FailureLog | None = None) -> dict[str, int]:
@@ -139,10 +149,11 @@ def score_entries(observer, root: str | Path, entries: Sequence[PhotoEntry], out
     if scale and scored.any():
         pct[scored] = percentile(values[scored], scale)
     rows, counts = [], {f: 0 for f in FLAGS}
+    lowest = failure_quality(values[scored])
     for i, e in enumerate(entries):
         flag = e.flag if scored[i] else ("unreadable" if e.flag in ("ok", "fallback") else e.flag)
         counts[flag] += 1
-        q = float(values[i]) if scored[i] else FAILURE_QUALITY
+        q = float(values[i]) if scored[i] else lowest
         rows.append([e.path, q, float(pct[i]), flag] if scale else [e.path, q, flag])
     if not scale:
         log.warning("%s has no calibration scale (made before it existed): no percentile column; "
@@ -150,7 +161,7 @@ def score_entries(observer, root: str | Path, entries: Sequence[PhotoEntry], out
     header = ["path", "quality", "percentile", "flag"] if scale else ["path", "quality", "flag"]
     if counts["no_face"] or counts["unreadable"]:
         log.warning("%d photo(s) without a face and %d unreadable: quality %s (the lowest) and flag "
-                    "in %s", counts["no_face"], counts["unreadable"], FAILURE_QUALITY, out)
+                    "in %s", counts["no_face"], counts["unreadable"], lowest, out)
     write_csv(out, header, rows)
     return counts
 

@@ -219,3 +219,14 @@ def test_photos_are_aligned_for_a_96x112_model_and_chips_recognised(observer_96x
         Image.open(lfw_root / "images" / rel).resize((96, 112)).save(resized / os.path.basename(rel))
     with pytest.raises(FroqError, match="not where it puts them"):
         score_photos(obs, resized, tmp_path / "q3.csv", device="cpu")
+
+
+def test_failure_quality_stays_below_negative_froq_plus_qualities():
+    """FROQ+ (standardised features) can score faces below -1: a failed face must still be lowest."""
+    import numpy as np
+    from froq.score_photos import FAILURE_QUALITY, failure_quality
+
+    assert failure_quality(np.array([3.2, 12.0])) == FAILURE_QUALITY
+    assert failure_quality(np.array([])) == FAILURE_QUALITY
+    low = failure_quality(np.array([-2.4, 0.7]))
+    assert low < -2.4 and low == -4.0
