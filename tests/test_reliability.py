@@ -140,8 +140,10 @@ def test_two_processes_with_different_settings_never_share_a_partial(calib, tmp_
     assert out.read_bytes() == clean.read_bytes()
 
 
-def test_a_lock_left_by_a_killed_run_is_taken_over(calib, tmp_path):
+def test_a_lock_left_by_a_killed_run_is_taken_over(calib, tmp_path, monkeypatch):
     _, folder = calib
+    # a labels-cache hit (earlier tests labelled the same folder) would finish before the kill
+    monkeypatch.setenv("FROQ_CACHE", "off")
     out = tmp_path / "labels.csv"
     proc = subprocess.Popen(froq_cmd(*labels_args(folder, out)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
