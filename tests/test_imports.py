@@ -18,6 +18,8 @@ cycle. Layers, bottom to top:
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,16 @@ def test_the_checker_sees_an_upward_import_and_a_cycle(tmp_path):
     fn = tmp_path / "fn.py"
     fn.write_text("def f():\n    from evaluation import reporting\n")
     assert imports_of(fn, "evaluation.evaluate", {"evaluation.reporting", "evaluation"}) == {"evaluation.reporting"}
+
+
+def test_the_ground_floor_loads_nothing_of_the_roof():
+    """``froq/core`` sits inside the ``froq`` package (the roof): importing it, or any room built on
+    it, runs ``froq/__init__.py``, which must stay lazy, so that no higher room is loaded with it."""
+    rooms = sorted({r.split(".")[0] for r in ROOMS})
+    probe = ("import sys, froq.core.runner, froq.core.stage, face_recognition_model.loading\n"
+             f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {rooms!r})))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    loaded = out.stdout.split()
+    assert "froq.core.runner" in loaded
+    roof = [m for m in loaded if room_of(m) == "froq" and m != "froq"]
+    assert not roof, f"importing the ground floor loaded the roof: {roof}"
