@@ -116,8 +116,9 @@ def network_identity(identity: Mapping) -> dict | None:
 
 
 def _described(identity: Mapping, keys: Sequence[str]) -> str:
-    weights, sha, params = identity.get("weights"), identity.get("weights_sha256"), identity.get("params_sha256")
-    text = (f"'{identity.get('arch')}' with weights {weights or 'random'} "
+    arch, weights = identity.get("arch"), identity.get("weights")
+    sha, params = identity.get("weights_sha256"), identity.get("params_sha256")
+    text = (f"{repr(arch) if arch else 'an unrecorded model'} with weights {weights or 'random'} "
             f"({f'sha256 {sha[:12]}' if sha else f'parameters sha256 {params[:12]}' if params else 'content not recorded'})")
     return "".join([text, *(f", {k} {identity[k] if k in identity else 'not recorded'}" for k in keys)])
 
