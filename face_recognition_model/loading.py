@@ -125,8 +125,14 @@ def _described(identity: Mapping, keys: Sequence[str]) -> str:
 
 def identity_difference(recorded: Mapping, current: Mapping) -> str | None:
     """Two ``FRModel.identity()`` records (``recorded``: the one an input file names) → None when
-    both are known to be the same network (``network_identity``), else one phrase naming both, e.g.
+    both are known to be the same network (``network_identity``; a record of an earlier FROQ, without
+    ``kwargs``, is compared on its weights sha256, arch and preprocessing), else one phrase naming both, e.g.
     "'iresnet50' with weights random (content not recorded), but this model is 'adaface_ir_18' ..."."""
+    if "kwargs" not in recorded and recorded.get("weights_sha256"):
+        # written before FROQ recorded model kwargs: the weights' sha256 is the strong check
+        log.warning("%s names no model kwargs (written by an earlier FROQ): taken as this model's %s",
+                    recorded.get("weights"), current.get("kwargs"))
+        recorded = {**recorded, "kwargs": current.get("kwargs")}
     theirs, mine = network_identity(recorded), network_identity(current)
     if theirs is not None and mine is not None and fingerprint(theirs) == fingerprint(mine):
         return None

@@ -140,8 +140,9 @@ def test_identity_difference_names_both_models(world):
     text = identity_difference(issue, ckpt)
     assert "weights random (content not recorded)" in text and f"sha256 {ckpt['weights_sha256'][:12]}" in text
     assert "kwargs not recorded" in text
-    old = {k: v for k, v in ckpt.items() if k not in ("kwargs", "params_sha256")}
-    assert network_identity(old) is None and "kwargs not recorded" in identity_difference(old, ckpt)
+    old = {k: v for k, v in ckpt.items() if k not in ("kwargs", "params_sha256")}  # an earlier FROQ's file
+    assert network_identity(old) is None and identity_difference(old, ckpt) is None  # same weights sha256
+    assert "sha256" in identity_difference(dict(old, weights_sha256="0" * 64), ckpt)
     gained = _fr(world["ckpt"], overrides=["model.kwargs.gain=2.0"]).identity()
     assert "kwargs {'gain': 2.0}" in identity_difference(gained, ckpt)
     shifted = _fr(world["ckpt"], overrides=["preprocess.mean=0.4"]).identity()
