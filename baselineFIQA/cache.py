@@ -11,8 +11,9 @@ The fingerprint (sha256) covers everything the labels depend on:
 - the images: every relative path under the calibration folder with the **sha256 of the file's
   bytes** (a rebuilt but identical calibration set hits; a changed, added, removed or renamed image
   misses; the folder's own location does not matter);
-- the FR model: architecture, weights sha256 and preprocessing (``FRModel.identity``); a model
-  without a weights file (generated weights) is never cached;
+- the FR model: architecture, model kwargs, weights sha256 and preprocessing
+  (``face_recognition_model.loading.network_identity``, the part of ``FRModel.identity`` that the
+  stages compare); a model without a weights file (random or generated weights) is never cached;
 - the label settings: noise strengths α, noise draws K, occlusion cell, seed, the channels-last
   memory format and fp16 autocast (both change numbers in the last digits), as the stage's own
   resume key. ``forward_batch`` and ``batch_size`` are speed knobs and are not part of it.
@@ -34,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from face_recognition_model.loading import network_identity
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, list_images
 from froq.core.io import fingerprint, read_csv, read_json, sha256_file, write_csv, write_json
@@ -80,7 +82,7 @@ def labels_key(fr, root: str | os.PathLike, settings: Mapping) -> LabelsKey | No
     if not identity.get("weights_sha256"):
         log.debug("labels cache: model without a weights file; not cached")
         return None
-    model = {k: identity.get(k) for k in ("arch", "weights_sha256", "preprocess")}
+    model = network_identity(identity)
     root = Path(root)
     try:
         images = [[p, sha256_file(root / p)] for p in list_images(root)]

@@ -4,9 +4,9 @@ or read from a CSV ``path1,path2,score``.
 Embedding cache: ``<cache_dir>/<arch>-<model key>/`` holds ``embeddings.npy`` (float32, one row per
 image), ``paths.csv`` (``path,size,mtime_ns`` of each row's image file, absolute path) and
 ``model.json`` (the model identity and the sha256 of ``embeddings.npy``, checked on loading so a
-torn update is never used). The model key hashes the architecture, the weights' sha256 (or, for
-generated weights, the parameters themselves) and the preprocessing, so another model or
-preprocessing never reuses an entry; a row is reused only while its file's size and mtime match.
+torn update is never used). The model key hashes the architecture, model kwargs, the weights'
+sha256 (or, for generated weights, the parameters') and the preprocessing
+(``face_recognition_model.loading.network_identity``), so another network never reuses an entry; a row is reused only while its file's size and mtime match.
 Updates hold a lock file, so runs sharing a cache folder do not mix their writes.
 """
 
@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from face_recognition_model.loading import network_identity
 from froq.core import distributed
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
@@ -35,17 +36,8 @@ log = logging.getLogger(__name__)
 
 
 def model_key(fr) -> str:
-    """Hex key identifying an ``FRModel``'s function: arch + weights sha256 (or a hash of its
-    parameters when it has no weights file) + preprocessing."""
-    weights_id = fr.weights_sha256
-    if not weights_id:
-        h = hashlib.sha256()
-        for name, tensor in sorted(fr.network.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-        weights_id = "params:" + h.hexdigest()
-    blob = json.dumps({"arch": fr.arch, "weights": weights_id, "preprocess": fr.preprocess.to_config()},
-                      sort_keys=True).encode()
+    """An ``FRModel`` → hex key of its network: sha256 of its ``network_identity``."""
+    blob = json.dumps(network_identity(fr.identity()), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

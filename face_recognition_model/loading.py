@@ -14,10 +14,11 @@ Relative weight paths are resolved against the current directory first, then the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -27,7 +28,7 @@ from froq.core.config import Key, load_config
 from froq.core.device import resolve_device
 from froq.core.errors import FroqError
 from froq.core.images import Preprocess
-from froq.core.io import sha256_file
+from froq.core.io import fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,17 @@ class FRModel:
     config_path: str = ""
     config: dict = field(default_factory=dict)
     embedding_dim: int | None = None  # known after one forward (set by the stage check)
+    params_sha256: str | None = None  # without a weights sha256: set by the first identity()
 
     def identity(self) -> dict:
-        """JSON-able provenance: architecture, weights path and sha256, preprocessing, config file."""
-        return {"arch": self.arch, "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "preprocess": self.preprocess.to_config(), "config": self.config_path}
+        """JSON-able provenance: architecture, model kwargs, weights path and sha256 (without one,
+        e.g. random weights: ``params_sha256``, the sha256 of the parameters), preprocessing, config."""
+        if self.weights_sha256 is None and self.params_sha256 is None:
+            self.params_sha256 = parameters_sha256(self.network)
+        return {"arch": self.arch, "kwargs": (self.config.get("model") or {}).get("kwargs") or {},
+                "weights": self.weights, "weights_sha256": self.weights_sha256,
+                "params_sha256": self.params_sha256, "preprocess": self.preprocess.to_config(),
+                "config": self.config_path}
 
     def layout(self):
         """The parts the network declares (``face_recognition_model.layout.ModelLayout``: embedding
@@ -87,6 +94,51 @@ class FRModel:
         """Preprocessed batch (B, 3, H, W) → un-normalised embeddings (B, D) as float32 on CPU."""
         out = self.network(batch.to(self.device, non_blocking=True))
         return out.float().cpu()
+
+
+def parameters_sha256(network: torch.nn.Module) -> str:
+    """A network → hex sha256 of its state dict (names, dtypes, shapes and bytes, in order)."""
+    h = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def network_identity(identity: Mapping) -> dict | None:
+    """An ``FRModel.identity()`` record (maybe read from a file) → the part that fixes the network's
+    outputs (arch, kwargs, preprocessing, weights or parameters sha256), or None when the record
+    cannot tell (no hash of the weights, or written before FROQ recorded kwargs and parameters)."""
+    if not (identity.get("weights_sha256") or identity.get("params_sha256")) or "kwargs" not in identity:
+        return None
+    return {k: identity.get(k) for k in ("arch", "kwargs", "preprocess", "weights_sha256", "params_sha256")}
+
+
+def _described(identity: Mapping, keys: Sequence[str]) -> str:
+    arch, weights = identity.get("arch"), identity.get("weights")
+    sha, params = identity.get("weights_sha256"), identity.get("params_sha256")
+    text = (f"{repr(arch) if arch else 'an unrecorded model'} with weights {weights or 'random'} "
+            f"({f'sha256 {sha[:12]}' if sha else f'parameters sha256 {params[:12]}' if params else 'content not recorded'})")
+    return "".join([text, *(f", {k} {identity[k] if k in identity else 'not recorded'}" for k in keys)])
+
+
+def identity_difference(recorded: Mapping, current: Mapping) -> str | None:
+    """Two ``FRModel.identity()`` records (``recorded``: the one an input file names) → None when
+    both are known to be the same network (``network_identity``; a record of an earlier FROQ, without
+    ``kwargs``, is compared on its weights sha256, arch and preprocessing), else one phrase naming both, e.g.
+    "'iresnet50' with weights random (content not recorded), but this model is 'adaface_ir_18' ..."."""
+    if "kwargs" not in recorded and recorded.get("weights_sha256"):
+        # written before FROQ recorded model kwargs: the weights' sha256 is the strong check
+        log.warning("%s names no model kwargs (written by an earlier FROQ): taken as this model's %s",
+                    recorded.get("weights"), current.get("kwargs"))
+        recorded = {**recorded, "kwargs": current.get("kwargs")}
+    theirs, mine = network_identity(recorded), network_identity(current)
+    if theirs is not None and mine is not None and fingerprint(theirs) == fingerprint(mine):
+        return None
+    keys = [k for k in ("kwargs", "preprocess")
+            if k not in recorded or fingerprint(recorded[k]) != fingerprint(current.get(k))]
+    return f"{_described(recorded, keys)}, but this model is {_described(current, keys)}"
 
 
 def load_fr_config(path: str | Path, overrides: Sequence[str] | None = None) -> dict:

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from face_recognition_model.loading import FRModel
+from face_recognition_model.loading import FRModel, identity_difference
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
@@ -98,21 +98,17 @@ def check_features(obs: Mapping, source: str) -> None:
 
 
 def check_same_model(obs: dict, fr: FRModel, source: str) -> None:
-    """Refuse an observer initialised on another architecture or other weights; warn on other
-    preprocessing (the norms would not be comparable)."""
-    model = obs.get("model") or {}
-    if model.get("arch") and model["arch"] != fr.arch:
-        raise FroqError(f"{source}: the observer was initialised on '{model['arch']}' but the FR "
-                        f"config loads '{fr.arch}': use the same FR config for init and inference")
-    want, have = model.get("weights_sha256"), fr.weights_sha256
-    if want and have and want != have:
-        raise FroqError(f"{source}: the observer was initialised with other weights "
-                        f"({model.get('weights')}, sha256 {want[:12]}…) than {fr.weights} "
-                        f"(sha256 {have[:12]}…): re-run initialisation or point at those weights")
-    if model.get("preprocess") and model["preprocess"] != fr.preprocess.to_config():
-        log.warning("%s: the observer was initialised with preprocessing %s, now %s: "
-                    "qualities will not match the calibration", source, model["preprocess"],
-                    fr.preprocess.to_config())
+    """FroqError when the observer names another FR network than ``fr`` (``identity_difference``:
+    its layers and scale mean nothing on another network; no override). An observer record
+    without ``model`` (a bare layer list, the official code's file) is taken as given."""
+    if "model" not in obs:
+        return
+    model = obs["model"] if isinstance(obs["model"], dict) else {}
+    difference = identity_difference(model, fr.identity())
+    if difference:
+        raise FroqError(f"{source}: the observer was initialised on {difference}: use the FR config "
+                        "(and fr_overrides) of its initialisation, or re-run observer initialisation "
+                        "with this one")
 
 
 def observer_plan(observer: Sequence[str] | Mapping) -> tuple[list[str], list[str], list | None]:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from face_recognition_model.loading import FRModel
+from face_recognition_model.loading import FRModel, identity_difference
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
@@ -45,6 +45,8 @@ SCHEMA = {
     "dataset.batch_size": Key(positive_int, default=32),
     "label_location": Key("path", help="pseudo-label CSV written by baselineFIQA/main.py"),
     "label_column": Key("str", default="quality", help="which column of the label CSV to use"),
+    "allow_foreign_labels": Key("bool", default=False,
+                                help="use labels whose .meta.json names another FR network (recorded in the observer file)"),
     "top_n": Key(positive_int, default=10, help="candidate layers for the greedy search"),
     "variant": Key("str", default="paper", choices=["paper", "plus"],
                    help="paper = the published FROQ; plus = FROQ+ (README, 'FROQ+')"),
@@ -273,20 +275,25 @@ def select_features(layers: Sequence[str], stats: np.ndarray, labels: np.ndarray
     return record
 
 
-def check_labels_model(label_file: str | Path, fr: FRModel) -> None:
-    """FroqError when the pseudo-labels beside ``<labels>.meta.json`` were computed with another FR
-    model (architecture, weights or preprocessing) than ``fr``: the observer would learn what
-    another network finds unstable. Label files without that record are taken as they are."""
+def check_labels_model(label_file: str | Path, fr: FRModel, allow_foreign: bool = False) -> dict | None:
+    """Whether the pseudo-labels' ``<labels>.meta.json`` names ``fr``'s network
+    (``identity_difference``; the observer would otherwise learn what another network finds
+    unstable). Out: None when it does or the labels have no meta file (taken as given); with
+    ``allow_foreign`` the provenance to keep in the observer file; else FroqError naming both."""
     meta_path = Path(label_file).with_suffix(".meta.json")
     if not meta_path.is_file():
-        return
-    model = (read_json(meta_path) or {}).get("model") or {}
-    mine = fr.identity()
-    for key in ("arch", "weights_sha256", "preprocess"):
-        if model.get(key) is not None and mine.get(key) is not None and model[key] != mine[key]:
-            raise FroqError(f"{label_file}: these pseudo-labels were computed with another FR model "
-                            f"({key} {model[key]!r}, here {mine[key]!r}; see {meta_path.name}): "
-                            "compute the labels with this FR config")
+        return None
+    meta = read_json(meta_path)
+    model = (meta.get("model") if isinstance(meta, dict) else None) or {}
+    difference = identity_difference(model, fr.identity())
+    if difference is None:
+        return None
+    if not allow_foreign:
+        raise FroqError(f"{label_file}: these pseudo-labels were computed with another FR model "
+                        f"({difference}; see {meta_path.name}): compute the labels with this FR "
+                        "config, or set allow_foreign_labels: true to use them anyway")
+    log.warning("%s: using pseudo-labels of another FR model (allow_foreign_labels): %s", label_file, difference)
+    return {"labels": str(label_file), "model": model, "difference": difference}
 
 
 def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | Mapping[str, float],
@@ -294,15 +301,17 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
                         num_workers: int = 0, autocast: bool = True,
                         resume_path: str | Path | None = None,
                         failures: FailureLog | None = None, options: Mapping | None = None,
-                        cv_folds: int = 5, seed: int = 0) -> dict:
+                        cv_folds: int = 5, seed: int = 0, allow_foreign_labels: bool = False) -> dict:
     """Whole stage as a function: labels + folder → selection record (plus ``images`` count).
 
     In: FR model, calibration folder, the pseudo-labels — a CSV (``path`` + ``label_column``) or a
     mapping ``{relative path: label}`` — and settings; ``options`` (``resolve_options``; None =
-    the paper), ``cv_folds`` and ``seed`` for FROQ+.
+    the paper), ``cv_folds`` and ``seed`` for FROQ+; ``allow_foreign_labels`` (``check_labels_model``).
     Out: the dict of ``select_layers`` (paper) or ``select_features`` (other options, with
-    ``variant``-independent ``options`` recorded) with ``images`` and ``scale`` added.
+    ``variant``-independent ``options`` recorded) with ``images`` and ``scale`` added, and
+    ``foreign_labels`` when labels of another FR model were allowed.
     """
+    foreign = None
     if isinstance(label_file, Mapping):
         labels = {str(k): float(v) for k, v in label_file.items()}
         label_file = "the given labels"
@@ -310,7 +319,7 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
         if not Path(label_file).is_file():
             raise FroqError(f"label file not found: {label_file} — compute the pseudo-labels first "
                             "(python baselineFIQA/main.py) or fix label_location")
-        check_labels_model(label_file, fr)
+        foreign = check_labels_model(label_file, fr, allow_foreign_labels)
         labels = read_quality_csv(label_file, column=label_column)
     paths = match_labels(root, labels, str(label_file))
     bad = [p for p in paths if not np.isfinite(labels[p])]
@@ -328,6 +337,8 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
     if is_paper(options):  # how stable the selection is: a bootstrap on the same norms (no forward)
         record["stability"] = selection_stability(layers, stats[:, :, statistics.index("l2")], y, read,
                                                   record["selected_layers"], top_n)
+    if foreign:
+        record["foreign_labels"] = foreign
     return record
 
 
@@ -393,6 +404,8 @@ def main(argv=None) -> None:
                               folders={"dataset.path": cfg["dataset"]["path"]})
     options = resolve_options(cfg["variant"], {k: cfg[k] for k in OPTION_KEYS})
     provenance = public(cfg)
+    if not cfg["allow_foreign_labels"]:
+        provenance.pop("allow_foreign_labels")
     if is_paper(options) and cfg["variant"] == "paper" and all(cfg[k] is None for k in OPTION_KEYS) \
             and cfg["cv_folds"] == SCHEMA["cv_folds"].default:
         # the published method: the observer file stays exactly what it was before FROQ+ existed
@@ -407,7 +420,8 @@ def main(argv=None) -> None:
                                      batch_size=cfg["dataset"]["batch_size"], top_n=cfg["top_n"],
                                      label_column=cfg["label_column"], num_workers=cfg["num_workers"],
                                      autocast=cfg["autocast"], resume_path=out, failures=failures,
-                                     options=options, cv_folds=cfg["cv_folds"], seed=cfg["seed"])
+                                     options=options, cv_folds=cfg["cv_folds"], seed=cfg["seed"],
+                                     allow_foreign_labels=cfg["allow_foreign_labels"])
         if not is_paper(options):
             record = {"variant": cfg["variant"], **record}
         result = observer_file_record(fr, record, cfg["dataset"]["path"], cfg["label_location"],
