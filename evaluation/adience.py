@@ -10,8 +10,9 @@ Dataset layout (``root``)::
 Protocol (CR-FIQA, Boutros et al., CVPR 2023: its released evaluation code
 ``evaluation/extract_adience.py``): the images are compared all against all (every unordered
 pair once) and a pair is mated when the two images carry the same ``face_id`` (the id in the file
-name). With the 19,370 images of the fold files that is about 187.6 million pairs, so the pairs are
-built block by block into int32 arrays and scored in blocks (``evaluation.ijbc.protocol_pair_scores``).
+name). With the 19,370 images of the fold files that is about 187.6 million pairs: beyond
+``evaluation.streaming.STREAM_PAIRS`` pairs the protocol is an ``AllPairsProtocol`` that lists only
+its mated pairs, and the evaluation streams the impostor scores (``evaluation.streaming``).
 ``impostors: N`` keeps all mated pairs and a seeded uniform sample of N non-mated pairs instead
 (a convenience for small machines, not a published protocol).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from froq.core.errors import FroqError
 from froq.core.images import IMAGE_EXTENSIONS
 
 from evaluation.pair_protocols import PairProtocol
+from evaluation import streaming
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,35 @@ def read_folds(root: str | os.PathLike) -> list[tuple[str, str, int]]:
     return list(out.values())
 
 
+@dataclass(kw_only=True)
+class AllPairsProtocol(PairProtocol):
+    """Every unordered pair of ``images``, never listed: ``pairs`` and ``genuine`` are None;
+    ``image_ids`` (N,) identity codes, ``mated`` (G, 2) the pairs of equal codes (row-major)."""
+
+    image_ids: np.ndarray
+    mated: np.ndarray
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.images) * (len(self.images) - 1) // 2
+
+    @property
+    def n_genuine(self) -> int:
+        return len(self.mated)
+
+
+def mated_pairs(ids: np.ndarray) -> np.ndarray:
+    """Identity codes (N,) → every pair ``i < j`` of equal code as int64 (G, 2), row-major."""
+    order = np.argsort(ids, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1], True])
+    parts = [np.zeros((0, 2), np.int64)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        i, j = np.triu_indices(b - a, 1)
+        parts.append(np.column_stack([order[a:b][i], order[a:b][j]]))
+    p = np.concatenate(parts).astype(np.int64)
+    return p[np.lexsort((p[:, 1], p[:, 0]))]
+
+
 def _locate(images: Path, rel: str) -> str | None:
     if (images / rel).is_file():
         return rel
@@ -124,7 +156,8 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
     face_id together), ``impostors`` (``all`` or a count), ``seed``, ``missing_images``
     (``error``, or ``drop``: leave out listed faces with no file in ``images``, e.g. no face found
     by the aligner — CR-FIQA skipped those too). Pairs are in row-major order of the upper triangle
-    over the listed images (fold-file order); ``folds`` is None.
+    over the listed images (fold-file order); ``folds`` is None. All pairs of more than
+    ``STREAM_PAIRS`` give an ``AllPairsProtocol`` (mated pairs listed, impostors implicit).
     """
     root = Path(root)
     if identity not in IDENTITIES:
@@ -133,6 +166,8 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
         raise FroqError(f"{name}: seed must be an integer (got {seed!r})")
     if missing_images not in ("error", "drop"):
         raise FroqError(f"{name}: missing_images must be error or drop (got {missing_images!r})")
+    if impostors != "all" and (isinstance(impostors, bool) or not isinstance(impostors, int) or impostors < 1):
+        raise FroqError(f"{name}: impostors must be 'all' or a positive count (got {impostors!r})")
     faces = read_folds(root)
     image_dir = Path(images) if images is not None else root / "faces"
     if not image_dir.is_dir():
@@ -157,27 +192,24 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
         ids = np.array([k[2] for k in kept], dtype=np.int64)
     else:
         _, ids = np.unique(np.array([f"{k[1]}\t{k[2]}" for k in kept]), return_inverse=True)
+    mated = mated_pairs(ids)
+    if not len(mated):
+        raise FroqError(f"{name}: no two images share a {identity}: no mated pair")
+    info = {"protocol": "all pairs, mated = same " + identity + " (CR-FIQA)", "impostors": impostors,
+            "seed": seed, "dropped_images": len(absent)}
+    common = dict(name=name, image_root=image_dir, images=paths, folds=None, source=str(root / FOLD_FILES[0]),
+                  identities=[str(i) for i in ids.tolist()], info=info)
+    if impostors == "all" and len(paths) * (len(paths) - 1) // 2 > streaming.STREAM_PAIRS:
+        return AllPairsProtocol(pairs=None, genuine=None, image_ids=ids, mated=mated, **common)
     pairs = all_pairs(len(paths))
     genuine = np.empty(len(pairs), dtype=bool)
     for s in range(0, len(pairs), 1 << 24):  # blocks: no (P,) int64 temporaries
         block = pairs[s:s + (1 << 24)]
         genuine[s:s + len(block)] = ids[block[:, 0]] == ids[block[:, 1]]
-    if not genuine.any():
-        raise FroqError(f"{name}: no two images share a {identity}: no mated pair")
     if impostors != "all":
-        if isinstance(impostors, bool) or not isinstance(impostors, int) or impostors < 1:
-            raise FroqError(f"{name}: impostors must be 'all' or a positive count (got {impostors!r})")
         imp = np.flatnonzero(~genuine)
         if impostors < len(imp):
             pick = np.sort(np.random.default_rng(seed).choice(imp, size=impostors, replace=False))
             keep = np.sort(np.concatenate([np.flatnonzero(genuine), pick]))
             pairs, genuine = pairs[keep], genuine[keep]
-    protocol = PairProtocol(name=name, image_root=image_dir, images=paths, pairs=pairs, genuine=genuine,
-                            folds=None, source=str(root / FOLD_FILES[0]))
-    # identity labels and provenance, where this version of PairProtocol carries them
-    if hasattr(protocol, "identities"):
-        protocol.identities = [str(i) for i in ids.tolist()]
-    if hasattr(protocol, "info"):
-        protocol.info = {"protocol": "all pairs, mated = same " + identity + " (CR-FIQA)",
-                         "impostors": impostors, "seed": seed, "dropped_images": len(absent)}
-    return protocol
+    return PairProtocol(pairs=pairs, genuine=genuine, **common)

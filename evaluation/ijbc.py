@@ -45,7 +45,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,9 @@ from froq.core.io import read_json, write_json, write_npy
 from froq.core.runner import file_identity, run_images
 
 from evaluation import edc
+from evaluation.adience import AllPairsProtocol
 from evaluation.pair_protocols import PairProtocol
+from evaluation.streaming import StreamedScores, all_pairs_scores, listed_pairs_scores, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,7 @@ def _first_bad_pair_line(path: Path) -> str:
     return f"{path}: unreadable pair list"
 
 
-def _fields_per_line(text: bytes, block: int = 1 << 26) -> np.ndarray:
+def _fields_per_line(text: bytes, block: int = 1 << 23) -> np.ndarray:
     """Number of whitespace-separated fields on every line of ``text`` (blank lines: 0), counted
     with numpy in blocks of about ``block`` bytes cut at line ends."""
     counts = []
@@ -345,23 +347,34 @@ def image_features(emb: np.ndarray, flip: str, normalise: bool, scores: np.ndarr
     return x.astype(np.float32, copy=False)
 
 
-def template_features(protocol: TemplateProtocol, feats: np.ndarray) -> np.ndarray:
-    """Image features (aligned with ``protocol.images``) → L2-normalised template features (T, D').
+def template_features(protocol: TemplateProtocol, feats) -> np.ndarray:
+    """Image features (aligned with ``protocol.images``: one (N, D') array, or an iterable of
+    consecutive row blocks in image order, so that all of them are never held) → L2-normalised
+    template features (T, D').
 
     Per template: the mean of the features of each media, summed over its media, normalised
-    (insightface ``image2template_feature``).
+    (insightface ``image2template_feature``), accumulated block by block in float64 as the sum of
+    every row's features divided by the number of rows of its media.
     """
-    order = np.lexsort((protocol.row_media, protocol.row_template))   # by template, then media
-    t, m = protocol.row_template[order], protocol.row_media[order]
-    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (m[1:] != m[:-1])])
-    rows = np.asarray(feats, dtype=np.float32)[protocol.row_image[order]]
-    sums = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
-    media_mean = sums / np.diff(np.r_[starts, len(order)])[:, None]
-    media_t = t[starts]
-    t_starts = np.flatnonzero(np.r_[True, media_t[1:] != media_t[:-1]])
-    tmpl = np.add.reduceat(media_mean, t_starts, axis=0)
-    norms = np.linalg.norm(tmpl, axis=1, keepdims=True)
-    return tmpl / np.maximum(norms, 1e-12)
+    t, m, img = protocol.row_template, protocol.row_media, protocol.row_image
+    order = np.lexsort((m, t))                                          # by template, then media
+    new_media = np.r_[True, (t[order][1:] != t[order][:-1]) | (m[order][1:] != m[order][:-1])]
+    media = np.empty(len(t), dtype=np.int64)
+    media[order] = np.cumsum(new_media) - 1
+    weight = 1.0 / np.bincount(media)[media]
+    by_image = np.argsort(img, kind="stable")
+    tmpl, start = None, 0
+    for block in ([feats] if isinstance(feats, np.ndarray) else feats):
+        block = np.asarray(block, dtype=np.float32)
+        if tmpl is None:
+            tmpl = np.zeros((len(protocol.template_ids), block.shape[1]))
+        lo, hi = np.searchsorted(img[by_image], [start, start + len(block)])
+        rows = by_image[lo:hi][np.argsort(t[by_image[lo:hi]], kind="stable")]
+        if len(rows):
+            heads = np.flatnonzero(np.r_[True, t[rows][1:] != t[rows][:-1]])
+            tmpl[t[rows][heads]] += np.add.reduceat(block[img[rows] - start] * weight[rows, None], heads, axis=0)
+        start += len(block)
+    return tmpl / np.maximum(np.linalg.norm(tmpl, axis=1, keepdims=True), 1e-12)
 
 
 def template_pair_scores(tfeats: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -532,13 +545,12 @@ def _stored_chunk(npy: Path, info: Path, stamp: str, shape: tuple[int, int]) -> 
 
 
 def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: bool,
-                batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Embeddings of ``chip_dir/names`` with ``fr`` → float32 (N, D), or (N, 2D) = [original |
-    mirrored] with ``flip``. Streams through ``run_images`` in chunks of ``EMBED_CHUNK`` chips,
-    each kept in ``store`` (``chunk_NNNNN.npy`` + ``.json`` with a stamp of its chips' names and
+                batch_size: int = 64, num_workers: int = 0) -> Iterator[np.ndarray]:
+    """Embeddings of ``chip_dir/names`` with ``fr``, yielded chunk by chunk in ``names`` order:
+    float32 (n, D), or (n, 2D) = [original | mirrored] with ``flip``, so at most one chunk of
+    ``EMBED_CHUNK`` chips is held. Streams through ``run_images``; each chunk is kept in ``store`` (``chunk_NNNNN.npy`` + ``.json`` with a stamp of its chips' names and
     file identities), so an interrupted pass resumes and a changed chip's chunk is recomputed."""
     store.mkdir(parents=True, exist_ok=True)
-    parts = []
     n_chunks = (len(names) + EMBED_CHUNK - 1) // EMBED_CHUNK
 
     def batch_fn(_paths, images: torch.Tensor):
@@ -565,7 +577,7 @@ def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: boo
                     raise FroqError(f"{me}: {npy} is complete for rank 0 but not readable here: the "
                                     "embedding store must be on a folder every process sees")
         if stored is not None:
-            parts.append(stored)
+            yield stored
             continue
         failures = FailureLog("ijbc embeddings")
         res = run_images(chip_dir, batch_fn, [f"e{i}" for i in range(width)], preprocess=fr.preprocess,
@@ -580,8 +592,7 @@ def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: boo
         if me.main:
             write_npy(npy, arr)
             write_json(info, {"stamp": stamp, "images": len(chunk), "model": fr.identity(), "flip": flip})
-        parts.append(arr)
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, width), np.float32)
+        yield arr
 
 
 def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | None,
@@ -598,22 +609,27 @@ def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | N
     base = Path(cache_dir) if cache_dir is not None else protocol.aligned_root / "embeddings"
     store = base / f"{fr.arch}-{model_key(fr)[:16]}" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', protocol.name)}-" \
         f"{template.name}-{'flip' if flip else 'noflip'}"
-    emb = embed_chips(fr, chip_dir, protocol.images, store, flip, batch_size, num_workers)
     opts = protocol.options
-    feats = image_features(emb, opts["flip"], opts["normalise_images"],
-                           protocol.detector_scores if opts["detector_weight"] else None)
-    return template_pair_scores(template_features(protocol, feats), protocol.pairs)
+
+    def features():
+        start = 0
+        for emb in embed_chips(fr, chip_dir, protocol.images, store, flip, batch_size, num_workers):
+            det = protocol.detector_scores[start:start + len(emb)] if opts["detector_weight"] else None
+            yield image_features(emb, opts["flip"], opts["normalise_images"], det)
+            start += len(emb)
+
+    return template_pair_scores(template_features(protocol, features()), protocol.pairs)
 
 
 # ----------------------------------------------------------------------------- dispatch
 
 
 def protocol_pair_quality(protocol: PairProtocol, img_q: np.ndarray, rule: str,
-                          select: np.ndarray | None = None) -> np.ndarray:
-    """Per-image qualities → quality of the pairs of ``protocol`` (all, or those of the boolean
-    mask / index ``select``): the ``rule`` of the two images' qualities, or for a
+                          pairs: np.ndarray | None = None) -> np.ndarray:
+    """Per-image qualities → quality of ``pairs`` (default: every pair of ``protocol``; (P, 2)
+    indices like ``protocol.pairs``): the ``rule`` of the two images' qualities, or for a
     ``TemplateProtocol`` of the two templates' pooled qualities."""
-    pairs = protocol.pairs if select is None else protocol.pairs[select]
+    pairs = protocol.pairs if pairs is None else pairs
     q = template_qualities(protocol, img_q) if isinstance(protocol, TemplateProtocol) \
         else np.asarray(img_q, dtype=np.float64)
     return edc.pair_quality(q[pairs[:, 0]], q[pairs[:, 1]], rule)
@@ -643,12 +659,26 @@ def protocol_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int 
         emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
     n, pairs = len(emb), protocol.pairs
     if len(pairs) >= GRAM_MIN_PAIRS and n * n <= GRAM_RATIO * len(pairs):  # Adience: Gram blocks
-        e = np.asarray(emb, dtype=np.float64)
-        return template_pair_scores(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12), pairs)
+        return template_pair_scores(unit_rows(emb), pairs)
     out = np.empty(len(pairs), dtype=np.float64)
     for s in range(0, len(pairs), SCORE_BLOCK):
         out[s:s + SCORE_BLOCK] = cosine_scores(emb, pairs[s:s + SCORE_BLOCK])
     return out
+
+
+def streamed_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64,
+                         num_workers: int = 0) -> StreamedScores:
+    """``protocol_pair_scores`` for the streaming evaluation (``evaluation.streaming``): an
+    ``AllPairsProtocol``'s impostor scores come block by block from its unit embeddings, never all
+    held; a listed protocol's scores are computed as usual and split into genuine and impostor."""
+    if not isinstance(protocol, AllPairsProtocol):
+        return listed_pairs_scores(protocol_pair_scores(fr, protocol, cache_dir, batch_size, num_workers),
+                                   protocol.genuine)
+    from evaluation.comparison_scores import protocol_embeddings
+
+    with torch.no_grad():
+        emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
+    return all_pairs_scores(unit_rows(emb), protocol.image_ids, protocol.mated)
 
 
 # ----------------------------------------------------------------------------- command line
