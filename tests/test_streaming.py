@@ -4,6 +4,7 @@ and whole evaluation runs with the streaming threshold lowered so that small fix
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from evaluation.main import main as eval_main
 from froq.core.errors import FroqError
 
 from test_adience import write_adience
+from test_table import tiny  # noqa: F401  (the table fixture)
 
 
 def test_thresholds_from_chunks_equal_the_sorted_scores():
@@ -174,3 +176,28 @@ def test_ijbc_run_streamed_equals_in_memory(tmp_path, monkeypatch):
     cfg.write_text(yaml.safe_dump({**settings, "outdir": str(tmp_path / "streamed")}))
     _assert_close(eval_main(["-c", str(cfg)]), want)
     assert not (tmp_path / "streamed" / "scores").exists()
+
+
+
+def test_table_streams_large_benchmarks_with_the_same_cells(tiny, monkeypatch, capsys):
+    from froq.table import main as table_main
+    from stage_helpers import run_in_process
+
+    cfg = yaml.safe_load((tiny / "table.yaml").read_text())
+    cfg = {**cfg, "models": cfg["models"][:1], "benchmarks": cfg["benchmarks"][:1],
+           "methods": {"embedding_norm": {}}}
+
+    def table(out):
+        path = tiny / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "outdir": str(tiny / out)}))
+        run_in_process(table_main, ["-c", str(path)])
+        return {(r["method"], r["discard_limit"]): r for r in csv.DictReader(open(tiny / out / "table.csv"))}
+
+    want = table("memory")
+    monkeypatch.setattr(streaming, "STREAM_PAIRS", 10)              # LFW's 24 pairs: streamed now
+    got = table("streamed")
+    assert got.keys() == want.keys()
+    for k, row in want.items():
+        assert float(got[k]["pauc"]) == pytest.approx(float(row["pauc"]), abs=1e-9)
+        assert row["ci_low"] and not got[k]["ci_low"]               # intervals: in memory only
+    assert "no bootstrap intervals for lfw: not computed" in (tiny / "streamed" / "table.md").read_text()
