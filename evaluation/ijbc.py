@@ -209,7 +209,8 @@ def read_template_pairs(path: str | os.PathLike) -> np.ndarray:
         _lines(path)  # raises the not-found error
     text = path.read_bytes()
     fields = _fields_per_line(text)
-    n_lines = int((fields > 0).sum())
+    n_lines, malformed = int((fields > 0).sum()), bool(np.any((fields != 0) & (fields != 3)))
+    del fields                                       # 8 bytes a line: not held while parsing
     if n_lines == 0:
         raise FroqError(f"{path}: no template pairs")
     try:
@@ -218,7 +219,7 @@ def read_template_pairs(path: str | os.PathLike) -> np.ndarray:
             flat = np.fromstring(text, dtype=np.int64, sep=" ")
     except ValueError:  # a token that is not an integer (newer numpy raises, older stops early)
         raise FroqError(_first_bad_pair_line(path)) from None
-    if np.any((fields != 0) & (fields != 3)) or flat.size != 3 * n_lines or not np.isin(flat[2::3], (0, 1)).all():
+    if malformed or flat.size != 3 * n_lines or not np.isin(flat[2::3], (0, 1)).all():
         raise FroqError(_first_bad_pair_line(path))
     return flat.reshape(-1, 3)
 
@@ -265,8 +266,8 @@ def read_ijbc(root: str | os.PathLike, aligned: str | os.PathLike, name: str = "
     row_image = np.fromiter((index[n] for n in row_names), dtype=np.int64, count=len(row_names))
     template_ids, row_template = np.unique(row_tids, return_inverse=True)
     pos = np.searchsorted(template_ids, pairs[:, :2])
-    pos_c = np.minimum(pos, len(template_ids) - 1)
-    unknown = template_ids[pos_c] != pairs[:, :2]
+    unknown = np.column_stack([template_ids[np.minimum(pos[:, c], len(template_ids) - 1)] != pairs[:, c]
+                               for c in (0, 1)])                    # a column at a time: no (P, 2) temporaries
     if unknown.any():
         bad = pairs[:, :2][unknown][:3].tolist()
         raise FroqError(f"{root / PAIRS_FILE}: {int(unknown.any(axis=1).sum())} pair(s) name templates "

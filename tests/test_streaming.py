@@ -28,6 +28,8 @@ def test_thresholds_from_chunks_equal_the_sorted_scores():
     got = streaming.impostor_thresholds(iter(chunks), len(scores), fmrs)
     for f in fmrs:
         assert got[f] == edc.fmr_threshold(scores, f), f
+    small = streaming.impostor_thresholds(iter(chunks), len(scores), [1e-3, 0.01])   # keeps 51 scores
+    assert small == {f: edc.fmr_threshold(scores, f) for f in (1e-3, 0.01)}
 
 
 def test_threshold_errors_are_one_line(monkeypatch):
