@@ -75,7 +75,7 @@ DEFAULT_OPTIONS = {"template_quality": "min", "flip": "add", "normalise_images":
                    "detector_weight": True}
 EMBED_CHUNK = 8192
 SCORE_BLOCK = 20_000      # pairs gathered at once (smaller blocks stay in cache: 2x faster than 200k)
-GRAM_ROWS = 1000          # templates per block of the Gram matrix
+GRAM_ROWS = 500           # templates per block of the Gram matrix (IJB-C: 92 MB a block)
 GRAM_RATIO = 64           # use the Gram matrix when templates² <= GRAM_RATIO × pairs
 GRAM_MIN_PAIRS = 1_000_000  # image protocols below this keep comparison_scores.cosine_scores
 CHIP_EXT = ".png"
@@ -179,14 +179,21 @@ def _first_bad_pair_line(path: Path) -> str:
     return f"{path}: unreadable pair list"
 
 
-def _fields_per_line(text: bytes, block: int = 1 << 23) -> np.ndarray:
-    """Number of whitespace-separated fields on every line of ``text`` (blank lines: 0), counted
-    with numpy in blocks of about ``block`` bytes cut at line ends."""
-    counts = []
+def _line_blocks(text: bytes, block: int):
+    """``(start, end)`` of consecutive pieces of ``text`` of about ``block`` bytes, cut after a newline."""
     start = 0
     while start < len(text):
         end = text.find(b"\n", min(start + block, len(text)) - 1)
         end = len(text) if end < 0 else end + 1
+        yield start, end
+        start = end
+
+
+def _fields_per_line(text: bytes, block: int = 1 << 23) -> np.ndarray:
+    """Number of whitespace-separated fields on every line of ``text`` (blank lines: 0), counted
+    with numpy in blocks of about ``block`` bytes cut at line ends."""
+    counts = []
+    for start, end in _line_blocks(text, block):
         buf = np.frombuffer(text, dtype=np.uint8, count=end - start, offset=start)
         nl = buf == 10
         ws = nl | (buf == 32) | (buf == 9) | (buf == 13)
@@ -194,15 +201,33 @@ def _fields_per_line(text: bytes, block: int = 1 << 23) -> np.ndarray:
         line = np.cumsum(nl) - nl
         n_lines = int(line[-1]) + 1 if not nl[-1] else int(nl.sum())
         counts.append(np.bincount(line[first], minlength=n_lines)[:n_lines])
-        start = end
     return np.concatenate(counts) if counts else np.zeros(0, np.int64)
+
+
+def _integers(text: bytes, n: int, block: int = 1 << 23) -> np.ndarray | None:
+    """The ``n`` whitespace-separated integers of ``text`` as int64, parsed block by block into one
+    array (no growing buffer); None when there are not exactly ``n`` or a token is not an integer."""
+    out = np.empty(n, dtype=np.int64)
+    pos = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start, end in _line_blocks(text, block):
+            try:
+                part = np.fromstring(text[start:end], dtype=np.int64, sep=" ")
+            except ValueError:  # a token that is not an integer (newer numpy raises, older stops early)
+                return None
+            if pos + part.size > n:
+                return None
+            out[pos:pos + part.size] = part
+            pos += part.size
+    return out if pos == n else None
 
 
 def read_template_pairs(path: str | os.PathLike) -> np.ndarray:
     """``ijbc_template_pair_label.txt`` → (P, 3) int64 rows (template 1, template 2, label 1/0).
 
-    Parsed by numpy (the 15.7 M lines in seconds): fields are counted per line and the numbers read
-    in one pass; a malformed line is then located and reported with its number by a Python pass.
+    Parsed by numpy (the 15.7 M lines in seconds): fields are counted per line, then the numbers read
+    block by block into one array; a malformed line is then located and reported with its number by a Python pass.
     """
     path = Path(path)
     if not path.is_file():
@@ -213,13 +238,9 @@ def read_template_pairs(path: str | os.PathLike) -> np.ndarray:
     del fields                                       # 8 bytes a line: not held while parsing
     if n_lines == 0:
         raise FroqError(f"{path}: no template pairs")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            flat = np.fromstring(text, dtype=np.int64, sep=" ")
-    except ValueError:  # a token that is not an integer (newer numpy raises, older stops early)
-        raise FroqError(_first_bad_pair_line(path)) from None
-    if malformed or flat.size != 3 * n_lines or not np.isin(flat[2::3], (0, 1)).all():
+    flat = None if malformed else _integers(text, 3 * n_lines)
+    del text
+    if flat is None or not ((flat[2::3] == 0) | (flat[2::3] == 1)).all():    # isin would sort a copy
         raise FroqError(_first_bad_pair_line(path))
     return flat.reshape(-1, 3)
 
@@ -392,7 +413,7 @@ def template_pair_scores(tfeats: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     out = np.empty(len(pairs), dtype=np.float64)
     if n_t * n_t <= GRAM_RATIO * len(pairs):
         order = np.argsort(pairs[:, 0], kind="stable")
-        first, second = pairs[order, 0], pairs[order, 1]
+        first, second = (pairs[order, c].astype(np.int32) for c in (0, 1))   # int32: less held at IJB-C size
         bounds = np.searchsorted(first, np.arange(0, n_t + GRAM_ROWS, GRAM_ROWS))
         for k, a in enumerate(range(0, n_t, GRAM_ROWS)):
             lo, hi = bounds[k], bounds[k + 1]
