@@ -44,7 +44,7 @@ def _peak_gb() -> float:
 
 def _step(label: str, started: float) -> float:
     now = time.perf_counter()
-    print(f"{label:<52} {now - started:7.2f} s   peak RSS {_peak_gb():5.2f} GB", flush=True)
+    print(f"{label:<52} {now - started:7.2f} s   peak RSS {_peak_gb():5.2f} GiB", flush=True)
     return now
 
 
