@@ -3,7 +3,8 @@
 Under the ISO/IEC 29794-1 convention (``threshold: fixed``, ``discard_over: mated``) the EDC needs
 the genuine pairs' scores and qualities (few) and, per target FMR, one impostor order statistic:
 the ``(floor(f·M)+1)``-th highest of the ``M`` impostor scores. Impostor scores are produced in
-chunks (blocks of the Gram matrix of unit embeddings) and only the highest ``floor(f·M)+1`` of
+chunks (all pairs of images, Adience: blocks of the Gram matrix of unit embeddings, never listed;
+listed pairs, IJB-C: its score array, 8 bytes a pair) and only the highest ``floor(f·M)+1`` of
 them are kept (a running top-k merge), so the threshold, the accepted count and every pAUC are
 *exact* — the same functions as the in-memory path run on the genuine pairs (tested equal).
 Nothing is approximated; what cannot be done exactly in bounded memory is refused with a
@@ -28,7 +29,7 @@ STREAM_PAIRS = 5_000_000   # protocols with more pairs take this path
 MAX_TOP = 50_000_000       # impostor scores kept for the thresholds (400 MB of float64)
 GRAM_ROWS = 512            # embedding rows per Gram block of an all-pairs protocol
 BOOTSTRAP_NOTE = ("not computed: the protocol is evaluated streamed and the intervals resample every pair; "
-                  "sample impostors (impostors: N) for intervals")
+                  "a sampled protocol (impostors: N, where the type has it) gets them")
 
 
 @dataclass
@@ -118,5 +119,6 @@ def check_convention(threshold: str, discard_over: str, n_pairs: int, name: str)
     """FroqError unless the convention can be evaluated exactly on a streamed protocol of ``n_pairs``."""
     if (threshold, discard_over) != ("fixed", "mated"):
         raise FroqError(f"{name}: {n_pairs} pairs are evaluated streamed (more than {STREAM_PAIRS}), which "
-                        f"supports threshold: fixed with discard_over: mated only; set those, or sample "
-                        f"impostors (impostors: N) to evaluate threshold: {threshold}, discard_over: {discard_over}")
+                        "supports threshold: fixed with discard_over: mated only; set those, or sample impostors "
+                        f"(impostors: N, where the type has it) for threshold: {threshold}, "
+                        f"discard_over: {discard_over}")

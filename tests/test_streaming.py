@@ -203,3 +203,10 @@ def test_table_streams_large_benchmarks_with_the_same_cells(tiny, monkeypatch, c
         assert float(got[k]["pauc"]) == pytest.approx(float(row["pauc"]), abs=1e-9)
         assert row["ci_low"] and not got[k]["ci_low"]               # intervals: in memory only
     assert "no bootstrap intervals for lfw: not computed" in (tiny / "streamed" / "table.md").read_text()
+
+
+def test_pair_list_integers_are_parsed_across_blocks():
+    text = b"1 2 0\n\n30 40 1\n5 6 1\n"
+    assert ijbc._integers(text, 9, block=4).tolist() == [1, 2, 0, 30, 40, 1, 5, 6, 1]
+    assert ijbc._integers(text, 8, block=4) is None and ijbc._integers(text, 10, block=4) is None
+    assert ijbc._integers(b"1 2 x\n", 3, block=4) is None
