@@ -117,6 +117,33 @@ def mated_pairs(ids: np.ndarray) -> np.ndarray:
     return p[np.lexsort((p[:, 1], p[:, 0]))]
 
 
+def with_sampled_impostors(ids: np.ndarray, mated: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Identity codes (N,), their mated pairs (G, 2), a count and a seed → the mated pairs plus
+    ``count`` impostor pairs drawn uniformly without replacement, as (G + count, 2) int64 in
+    row-major order. The draw is ``rng.choice`` over the row-major list of all impostor pairs, but
+    that list (1.5 GB for full Adience) is never built: each drawn ordinal is mapped to its pair."""
+    n = len(ids)
+    order = np.argsort(ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1]])
+    size = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(len(starts)), size)
+    later_mated = np.empty(n, dtype=np.int64)
+    later_mated[order] = size[group] - 1 - (np.arange(n) - starts[group])   # same id, larger index
+    per_row = (n - 1 - np.arange(n)) - later_mated                          # impostors (i, j > i) per row i
+    row_end = np.cumsum(per_row)
+    pick = np.sort(np.random.default_rng(seed).choice(int(row_end[-1]), size=count, replace=False))
+    rows = np.searchsorted(row_end, pick, side="right")
+    within = pick - (row_end - per_row)[rows]
+    cols = np.empty(count, dtype=np.int64)
+    heads = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if count else []
+    for a, b in zip(heads, np.r_[heads[1:], count]):
+        r = rows[a]
+        later = np.arange(r + 1, n)
+        cols[a:b] = later[ids[later] != ids[r]][within[a:b]]
+    p = np.concatenate([mated, np.column_stack([rows, cols])]).astype(np.int64)
+    return p[np.lexsort((p[:, 1], p[:, 0]))]
+
+
 def _locate(images: Path, rel: str) -> str | None:
     if (images / rel).is_file():
         return rel
@@ -157,7 +184,8 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
     (``error``, or ``drop``: leave out listed faces with no file in ``images``, e.g. no face found
     by the aligner — CR-FIQA skipped those too). Pairs are in row-major order of the upper triangle
     over the listed images (fold-file order); ``folds`` is None. All pairs of more than
-    ``STREAM_PAIRS`` give an ``AllPairsProtocol`` (mated pairs listed, impostors implicit).
+    ``STREAM_PAIRS`` give an ``AllPairsProtocol`` (mated pairs listed, impostors implicit); a
+    sample is drawn without listing all pairs.
     """
     root = Path(root)
     if identity not in IDENTITIES:
@@ -199,17 +227,11 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
             "seed": seed, "dropped_images": len(absent)}
     common = dict(name=name, image_root=image_dir, images=paths, folds=None, source=str(root / FOLD_FILES[0]),
                   identities=[str(i) for i in ids.tolist()], info=info)
-    if impostors == "all" and len(paths) * (len(paths) - 1) // 2 > streaming.STREAM_PAIRS:
+    n_pairs = len(paths) * (len(paths) - 1) // 2
+    if impostors != "all" and impostors < n_pairs - len(mated):
+        pairs = with_sampled_impostors(ids, mated, impostors, seed)
+        return PairProtocol(pairs=pairs, genuine=ids[pairs[:, 0]] == ids[pairs[:, 1]], **common)
+    if n_pairs > streaming.STREAM_PAIRS:
         return AllPairsProtocol(pairs=None, genuine=None, image_ids=ids, mated=mated, **common)
     pairs = all_pairs(len(paths))
-    genuine = np.empty(len(pairs), dtype=bool)
-    for s in range(0, len(pairs), 1 << 24):  # blocks: no (P,) int64 temporaries
-        block = pairs[s:s + (1 << 24)]
-        genuine[s:s + len(block)] = ids[block[:, 0]] == ids[block[:, 1]]
-    if impostors != "all":
-        imp = np.flatnonzero(~genuine)
-        if impostors < len(imp):
-            pick = np.sort(np.random.default_rng(seed).choice(imp, size=impostors, replace=False))
-            keep = np.sort(np.concatenate([np.flatnonzero(genuine), pick]))
-            pairs, genuine = pairs[keep], genuine[keep]
-    return PairProtocol(pairs=pairs, genuine=genuine, **common)
+    return PairProtocol(pairs=pairs, genuine=ids[pairs[:, 0]] == ids[pairs[:, 1]], **common)

@@ -210,3 +210,15 @@ def test_pair_list_integers_are_parsed_across_blocks():
     assert ijbc._integers(text, 9, block=4).tolist() == [1, 2, 0, 30, 40, 1, 5, 6, 1]
     assert ijbc._integers(text, 8, block=4) is None and ijbc._integers(text, 10, block=4) is None
     assert ijbc._integers(b"1 2 x\n", 3, block=4) is None
+
+
+def test_sampled_impostors_equal_the_draw_over_the_listed_pairs():
+    ids = np.random.default_rng(5).integers(0, 25, 300)
+    pairs = adience.all_pairs(300)
+    genuine = ids[pairs[:, 0]] == ids[pairs[:, 1]]
+    for count, seed in ((1, 0), (500, 3), (int((~genuine).sum()) - 1, 4)):
+        # the draw as the reader made it before (over the listed impostor pairs' indices)
+        pick = np.sort(np.random.default_rng(seed).choice(np.flatnonzero(~genuine), size=count, replace=False))
+        want = pairs[np.sort(np.concatenate([np.flatnonzero(genuine), pick]))]
+        got = adience.with_sampled_impostors(ids, adience.mated_pairs(ids), count, seed)
+        assert got.tolist() == want.tolist(), (count, seed)
