@@ -10,8 +10,9 @@ Dataset layout (``root``)::
 Protocol (CR-FIQA, Boutros et al., CVPR 2023: its released evaluation code
 ``evaluation/extract_adience.py``): the images are compared all against all (every unordered
 pair once) and a pair is mated when the two images carry the same ``face_id`` (the id in the file
-name). With the 19,370 images of the fold files that is about 187.6 million pairs, so the pairs are
-built block by block into int32 arrays and scored in blocks (``evaluation.ijbc.protocol_pair_scores``).
+name). With the 19,370 images of the fold files that is about 187.6 million pairs: beyond
+``evaluation.streaming.STREAM_PAIRS`` pairs the protocol is an ``AllPairsProtocol`` that lists only
+its mated pairs, and the evaluation streams the impostor scores (``evaluation.streaming``).
 ``impostors: N`` keeps all mated pairs and a seeded uniform sample of N non-mated pairs instead
 (a convenience for small machines, not a published protocol).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from froq.core.errors import FroqError
 from froq.core.images import IMAGE_EXTENSIONS
 
 from evaluation.pair_protocols import PairProtocol
+from evaluation import streaming
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,62 @@ def read_folds(root: str | os.PathLike) -> list[tuple[str, str, int]]:
     return list(out.values())
 
 
+@dataclass(kw_only=True)
+class AllPairsProtocol(PairProtocol):
+    """Every unordered pair of ``images``, never listed: ``pairs`` and ``genuine`` are None;
+    ``image_ids`` (N,) identity codes, ``mated`` (G, 2) the pairs of equal codes (row-major)."""
+
+    image_ids: np.ndarray
+    mated: np.ndarray
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.images) * (len(self.images) - 1) // 2
+
+    @property
+    def n_genuine(self) -> int:
+        return len(self.mated)
+
+
+def mated_pairs(ids: np.ndarray) -> np.ndarray:
+    """Identity codes (N,) → every pair ``i < j`` of equal code as int64 (G, 2), row-major."""
+    order = np.argsort(ids, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1], True])
+    parts = [np.zeros((0, 2), np.int64)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        i, j = np.triu_indices(b - a, 1)
+        parts.append(np.column_stack([order[a:b][i], order[a:b][j]]))
+    p = np.concatenate(parts).astype(np.int64)
+    return p[np.lexsort((p[:, 1], p[:, 0]))]
+
+
+def with_sampled_impostors(ids: np.ndarray, mated: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Identity codes (N,), their mated pairs (G, 2), a count and a seed → the mated pairs plus
+    ``count`` impostor pairs drawn uniformly without replacement, as (G + count, 2) int64 in
+    row-major order. The draw is ``rng.choice`` over the row-major list of all impostor pairs, but
+    that list (1.5 GB for full Adience) is never built: each drawn ordinal is mapped to its pair."""
+    n = len(ids)
+    order = np.argsort(ids, kind="stable")
+    starts = np.flatnonzero(np.r_[True, ids[order][1:] != ids[order][:-1]])
+    size = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(len(starts)), size)
+    later_mated = np.empty(n, dtype=np.int64)
+    later_mated[order] = size[group] - 1 - (np.arange(n) - starts[group])   # same id, larger index
+    per_row = (n - 1 - np.arange(n)) - later_mated                          # impostors (i, j > i) per row i
+    row_end = np.cumsum(per_row)
+    pick = np.sort(np.random.default_rng(seed).choice(int(row_end[-1]), size=count, replace=False))
+    rows = np.searchsorted(row_end, pick, side="right")
+    within = pick - (row_end - per_row)[rows]
+    cols = np.empty(count, dtype=np.int64)
+    heads = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if count else []
+    for a, b in zip(heads, np.r_[heads[1:], count]):
+        r = rows[a]
+        later = np.arange(r + 1, n)
+        cols[a:b] = later[ids[later] != ids[r]][within[a:b]]
+    p = np.concatenate([mated, np.column_stack([rows, cols])]).astype(np.int64)
+    return p[np.lexsort((p[:, 1], p[:, 0]))]
+
+
 def _locate(images: Path, rel: str) -> str | None:
     if (images / rel).is_file():
         return rel
@@ -124,7 +183,9 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
     face_id together), ``impostors`` (``all`` or a count), ``seed``, ``missing_images``
     (``error``, or ``drop``: leave out listed faces with no file in ``images``, e.g. no face found
     by the aligner — CR-FIQA skipped those too). Pairs are in row-major order of the upper triangle
-    over the listed images (fold-file order); ``folds`` is None.
+    over the listed images (fold-file order); ``folds`` is None. All pairs of more than
+    ``STREAM_PAIRS`` give an ``AllPairsProtocol`` (mated pairs listed, impostors implicit); a
+    sample is drawn without listing all pairs.
     """
     root = Path(root)
     if identity not in IDENTITIES:
@@ -133,6 +194,8 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
         raise FroqError(f"{name}: seed must be an integer (got {seed!r})")
     if missing_images not in ("error", "drop"):
         raise FroqError(f"{name}: missing_images must be error or drop (got {missing_images!r})")
+    if impostors != "all" and (isinstance(impostors, bool) or not isinstance(impostors, int) or impostors < 1):
+        raise FroqError(f"{name}: impostors must be 'all' or a positive count (got {impostors!r})")
     faces = read_folds(root)
     image_dir = Path(images) if images is not None else root / "faces"
     if not image_dir.is_dir():
@@ -157,27 +220,18 @@ def read_adience(root: str | os.PathLike, images: str | os.PathLike | None = Non
         ids = np.array([k[2] for k in kept], dtype=np.int64)
     else:
         _, ids = np.unique(np.array([f"{k[1]}\t{k[2]}" for k in kept]), return_inverse=True)
-    pairs = all_pairs(len(paths))
-    genuine = np.empty(len(pairs), dtype=bool)
-    for s in range(0, len(pairs), 1 << 24):  # blocks: no (P,) int64 temporaries
-        block = pairs[s:s + (1 << 24)]
-        genuine[s:s + len(block)] = ids[block[:, 0]] == ids[block[:, 1]]
-    if not genuine.any():
+    mated = mated_pairs(ids)
+    if not len(mated):
         raise FroqError(f"{name}: no two images share a {identity}: no mated pair")
-    if impostors != "all":
-        if isinstance(impostors, bool) or not isinstance(impostors, int) or impostors < 1:
-            raise FroqError(f"{name}: impostors must be 'all' or a positive count (got {impostors!r})")
-        imp = np.flatnonzero(~genuine)
-        if impostors < len(imp):
-            pick = np.sort(np.random.default_rng(seed).choice(imp, size=impostors, replace=False))
-            keep = np.sort(np.concatenate([np.flatnonzero(genuine), pick]))
-            pairs, genuine = pairs[keep], genuine[keep]
-    protocol = PairProtocol(name=name, image_root=image_dir, images=paths, pairs=pairs, genuine=genuine,
-                            folds=None, source=str(root / FOLD_FILES[0]))
-    # identity labels and provenance, where this version of PairProtocol carries them
-    if hasattr(protocol, "identities"):
-        protocol.identities = [str(i) for i in ids.tolist()]
-    if hasattr(protocol, "info"):
-        protocol.info = {"protocol": "all pairs, mated = same " + identity + " (CR-FIQA)",
-                         "impostors": impostors, "seed": seed, "dropped_images": len(absent)}
-    return protocol
+    info = {"protocol": "all pairs, mated = same " + identity + " (CR-FIQA)", "impostors": impostors,
+            "seed": seed, "dropped_images": len(absent)}
+    common = dict(name=name, image_root=image_dir, images=paths, folds=None, source=str(root / FOLD_FILES[0]),
+                  identities=[str(i) for i in ids.tolist()], info=info)
+    n_pairs = len(paths) * (len(paths) - 1) // 2
+    if impostors != "all" and impostors < n_pairs - len(mated):
+        pairs = with_sampled_impostors(ids, mated, impostors, seed)
+        return PairProtocol(pairs=pairs, genuine=ids[pairs[:, 0]] == ids[pairs[:, 1]], **common)
+    if n_pairs > streaming.STREAM_PAIRS:
+        return AllPairsProtocol(pairs=None, genuine=None, image_ids=ids, mated=mated, **common)
+    pairs = all_pairs(len(paths))
+    return PairProtocol(pairs=pairs, genuine=ids[pairs[:, 0]] == ids[pairs[:, 1]], **common)

@@ -248,9 +248,3 @@ def write_scores_csv(path: str | os.PathLike, protocol: PairProtocol, scores: np
             for (i, j), g, s in zip(protocol.pairs, protocol.genuine, scores))
     write_csv(path, ["path1", "path2", "genuine", "score"], rows)
 
-
-@torch.no_grad()
-def protocol_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Cosine comparison scores of every pair of ``protocol`` with the FR model ``fr``."""
-    emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
-    return cosine_scores(emb, protocol.pairs)

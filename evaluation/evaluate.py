@@ -22,11 +22,11 @@ import numpy as np
 from froq.core.errors import FroqError
 from froq.core.io import sha256_file, write_csv, write_json
 
-from evaluation import bootstrap, edc, edc_conventions, reporting
+from evaluation import bootstrap, edc, edc_conventions, reporting, streaming
 from evaluation.edc import fmr_key
 from evaluation.comparison_scores import read_scores_csv, write_scores_csv
 from evaluation.ijbc import (TemplateProtocol, protocol_pair_quality, protocol_pair_scores,
-                             write_template_scores_csv)
+                             streamed_pair_scores, write_template_scores_csv)
 from evaluation.pair_protocols import (PairProtocol, read_insightface_bin, read_lfw_pairs, read_pairs_csv,
                                        read_xqlfw)
 from evaluation.quality_methods import (check_template, image_qualities, method_specs,
@@ -339,13 +339,16 @@ def _method_metrics(scores, genuine, q_all, fmr, th, limits, conv: Convention):
 
 def evaluate_pairs(scores: np.ndarray, genuine: np.ndarray, pair_q: Mapping[str, np.ndarray],
                    random_q: list[np.ndarray], fmrs, limit, convention: Convention | None = None,
-                   boot: BootstrapSpec | None = None) -> tuple[dict, dict]:
+                   boot: BootstrapSpec | None = None,
+                   thresholds: Mapping[float, edc.Threshold] | None = None) -> tuple[dict, dict]:
     """Metrics of every method for one benchmark × model.
 
     In: all pair scores, genuine flags, per-method pair qualities (user methods; for the genuine
     pairs only, or for all pairs — needed with ``discard_over: all``), the random reference's pair
     qualities (one array per seed, same rule), FMR targets, the discard limit(s) (a number or a list;
-    the first is the primary one), the convention (default ISO) and optional bootstrap settings.
+    the first is the primary one), the convention (default ISO), optional bootstrap settings and
+    optional thresholds fixed beforehand per FMR (the streaming path: the arrays then hold the
+    genuine pairs only, which is all the ISO convention reads).
     Out: ``(metrics {method: {fmr_key: dict}}, curves {fmr_key: {method: (x, y)}})``; ``perfect``
     and ``random`` are included. Each metrics dict holds the primary limit's values at its top
     level and every limit's under ``by_limit``; with ``boot``, ``*_ci`` intervals too.
@@ -371,7 +374,7 @@ def evaluate_pairs(scores: np.ndarray, genuine: np.ndarray, pair_q: Mapping[str,
         log.info("bootstrap: %d resamples of %s in %.1f s", boot.resamples, boot.clusters.unit,
                  time.time() - started)
     for fmr in fmrs:
-        th = edc.fmr_threshold(imp, fmr)
+        th = thresholds[fmr] if thresholds is not None else edc.fmr_threshold(imp, fmr)
         common = {"fmr": fmr, "threshold": th.threshold, "n_impostor": th.n_impostor,
                   "n_impostor_accepted": th.n_accepted, "fmr_achieved": th.fmr_achieved,
                   "discard_limit": primary}
@@ -420,11 +423,6 @@ def evaluate_pairs(scores: np.ndarray, genuine: np.ndarray, pair_q: Mapping[str,
     return metrics, curves
 
 
-def _pair_qualities(img_q: np.ndarray, protocol: PairProtocol, rule: str) -> np.ndarray:
-    """Per-image qualities → the quality of every pair of ``protocol`` (impostor pairs included)."""
-    return protocol_pair_quality(protocol, img_q, rule)
-
-
 def _clusters(protocol: PairProtocol, unit: str) -> bootstrap.Clusters:
     """What the bootstrap resamples for ``protocol``: identities when known (and asked), else pairs."""
     identities = None if isinstance(protocol, TemplateProtocol) else protocol.identities
@@ -434,17 +432,14 @@ def _clusters(protocol: PairProtocol, unit: str) -> bootstrap.Clusters:
     return bootstrap.identity_clusters(None if unit == "pairs" else identities, protocol.pairs)
 
 
-MAX_LISTED_PAIRS = 5_000_000
-
-
 def _protocol_provenance(protocol: PairProtocol, outdir: Path) -> dict:
     """A generated protocol's pair list → ``<outdir>/protocols/<name>.csv`` (``path1,path2,genuine``,
-    usable as a ``csv`` benchmark); returns its provenance for run.json (empty for file protocols)."""
+    usable as a ``csv`` benchmark) unless it is streamed; returns its provenance for run.json (empty
+    for file protocols)."""
     if not protocol.info or isinstance(protocol, TemplateProtocol):
         return {}
-    if len(protocol.pairs) > MAX_LISTED_PAIRS:
-        log.info("%s: %d pairs: the pair list is not written (more than %d)", protocol.name,
-                 len(protocol.pairs), MAX_LISTED_PAIRS)
+    if streaming.is_streamed(protocol):
+        log.info("%s: %d pairs: the pair list is not written (streamed)", protocol.name, protocol.n_pairs)
         return dict(protocol.info)
     path = outdir / "protocols" / f"{safe_name(protocol.name)}.csv"
     rows = ((protocol.images[i], protocol.images[j], int(g))
@@ -495,15 +490,23 @@ def run_evaluation(cfg: dict) -> dict:
                 p = protocols[bench.name]
                 log.info("%s", p.summary())
                 run_info["benchmarks"][bench.name] = {
-                    "source": p.source, "images_dir": str(p.image_root), "n_pairs": int(len(p.genuine)),
+                    "source": p.source, "images_dir": str(p.image_root), "n_pairs": p.n_pairs,
                     "n_genuine": p.n_genuine, "n_impostor": p.n_impostor, "n_images": len(p.images),
+                    "streamed": streaming.is_streamed(p),
                     **_protocol_provenance(p, outdir)}
             protocol = protocols[bench.name]
+            streamed = streaming.is_streamed(protocol)
+            if streamed:
+                streaming.check_convention(conv.threshold, conv.discard_over, protocol.n_pairs, bench.name)
+                if bench.scores:
+                    raise FroqError(f"benchmark {bench.name}: {protocol.n_pairs} pairs are evaluated streamed, "
+                                    "which reads no 'scores' CSV; remove 'scores' (scores come from the FR config)")
+            scored = streaming.genuine_pairs(protocol) if streamed else None  # pairs whose qualities count
             # qualities first: a missing CSV or image fails before any FR work
             pair_q = {}
             for src in resolve_sources(specs[bench.name], bench.name, model.name):
                 img_q = image_qualities(src, protocol, cfg["missing_quality"])
-                pair_q[src.method] = _pair_qualities(img_q, protocol, rule)
+                pair_q[src.method] = protocol_pair_quality(protocol, img_q, rule, scored)
             if bench.scores:
                 score_file = bench.scores.format(benchmark=bench.name, model=model.name)
                 scores = read_scores_csv(score_file, protocol)
@@ -515,20 +518,32 @@ def run_evaluation(cfg: dict) -> dict:
 
                     fr = load_fr_model(model.config, resolve_device(cfg["device"]))
                     run_info["models"].setdefault(model.name, {}).update(fr.identity())
-                scores = protocol_pair_scores(fr, protocol, cache_dir, cfg["batch_size"], cfg["num_workers"])
+                get_scores = streamed_pair_scores if streamed else protocol_pair_scores
+                scores = get_scores(fr, protocol, cache_dir, cfg["batch_size"], cfg["num_workers"])
+            genuine, thresholds = protocol.genuine, None
+            if streamed:
+                thresholds = streaming.impostor_thresholds(scores.impostor_chunks, scores.n_impostor, fmrs)
+                scores, genuine = scores.genuine_scores, np.ones(len(scores.genuine_scores), dtype=bool)
             if not np.all(np.isfinite(scores)):
                 raise FroqError(f"{bench.name}/{model.name}: non-finite comparison scores")
-            (write_template_scores_csv if isinstance(protocol, TemplateProtocol) else write_scores_csv)(
-                outdir / "scores" / f"{safe_name(bench.name)}_{safe_name(model.name)}.csv", protocol, scores)
-            random_q = [_pair_qualities(random_image_qualities(len(protocol.images), s), protocol, rule)
+            if streamed:
+                log.info("%s: %d pairs evaluated streamed: no scores CSV, no bootstrap intervals", bench.name,
+                         protocol.n_pairs)
+            else:
+                (write_template_scores_csv if isinstance(protocol, TemplateProtocol) else write_scores_csv)(
+                    outdir / "scores" / f"{safe_name(bench.name)}_{safe_name(model.name)}.csv", protocol, scores)
+            random_q = [protocol_pair_quality(protocol, random_image_qualities(len(protocol.images), s), rule, scored)
                         for s in seeds]
             boot = None
-            if resamples > 0:
+            if resamples > 0 and not streamed:
                 boot = BootstrapSpec(clusters=_clusters(protocol, cfg.get("bootstrap_unit", "auto")),
                                      resamples=resamples, seed=int(cfg.get("bootstrap_seed", 0)),
                                      level=float(cfg.get("confidence", 0.95)))
-            metrics, bench_curves = evaluate_pairs(scores, protocol.genuine, pair_q, random_q, fmrs, limit,
-                                                   conv, boot)
+            metrics, bench_curves = evaluate_pairs(scores, genuine, pair_q, random_q, fmrs, limit, conv, boot,
+                                                   thresholds)
+            if streamed and resamples > 0:
+                for entry in (e for by_fmr in metrics.values() for e in by_fmr.values()):
+                    entry["bootstrap"] = {"not_computed": streaming.BOOTSTRAP_NOTE}
             primary = fmr_key(fmrs[0])
             results[bench.name][model.name] = {
                 m: {**by_fmr[primary], "by_fmr": by_fmr} for m, by_fmr in metrics.items()}

@@ -45,7 +45,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,9 @@ from froq.core.io import read_json, write_json, write_npy
 from froq.core.runner import file_identity, run_images
 
 from evaluation import edc
+from evaluation.adience import AllPairsProtocol
 from evaluation.pair_protocols import PairProtocol
+from evaluation.streaming import StreamedScores, all_pairs_scores, listed_pairs_scores, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ DEFAULT_OPTIONS = {"template_quality": "min", "flip": "add", "normalise_images":
                    "detector_weight": True}
 EMBED_CHUNK = 8192
 SCORE_BLOCK = 20_000      # pairs gathered at once (smaller blocks stay in cache: 2x faster than 200k)
-GRAM_ROWS = 1000          # templates per block of the Gram matrix
+GRAM_ROWS = 500           # templates per block of the Gram matrix (IJB-C: 92 MB a block)
 GRAM_RATIO = 64           # use the Gram matrix when templates² <= GRAM_RATIO × pairs
 GRAM_MIN_PAIRS = 1_000_000  # image protocols below this keep comparison_scores.cosine_scores
 CHIP_EXT = ".png"
@@ -177,14 +179,21 @@ def _first_bad_pair_line(path: Path) -> str:
     return f"{path}: unreadable pair list"
 
 
-def _fields_per_line(text: bytes, block: int = 1 << 26) -> np.ndarray:
-    """Number of whitespace-separated fields on every line of ``text`` (blank lines: 0), counted
-    with numpy in blocks of about ``block`` bytes cut at line ends."""
-    counts = []
+def _line_blocks(text: bytes, block: int):
+    """``(start, end)`` of consecutive pieces of ``text`` of about ``block`` bytes, cut after a newline."""
     start = 0
     while start < len(text):
         end = text.find(b"\n", min(start + block, len(text)) - 1)
         end = len(text) if end < 0 else end + 1
+        yield start, end
+        start = end
+
+
+def _fields_per_line(text: bytes, block: int = 1 << 23) -> np.ndarray:
+    """Number of whitespace-separated fields on every line of ``text`` (blank lines: 0), counted
+    with numpy in blocks of about ``block`` bytes cut at line ends."""
+    counts = []
+    for start, end in _line_blocks(text, block):
         buf = np.frombuffer(text, dtype=np.uint8, count=end - start, offset=start)
         nl = buf == 10
         ws = nl | (buf == 32) | (buf == 9) | (buf == 13)
@@ -192,31 +201,46 @@ def _fields_per_line(text: bytes, block: int = 1 << 26) -> np.ndarray:
         line = np.cumsum(nl) - nl
         n_lines = int(line[-1]) + 1 if not nl[-1] else int(nl.sum())
         counts.append(np.bincount(line[first], minlength=n_lines)[:n_lines])
-        start = end
     return np.concatenate(counts) if counts else np.zeros(0, np.int64)
+
+
+def _integers(text: bytes, n: int, block: int = 1 << 23) -> np.ndarray | None:
+    """The ``n`` whitespace-separated integers of ``text`` as int64, parsed block by block into one
+    array (no growing buffer); None when there are not exactly ``n`` or a token is not an integer."""
+    out = np.empty(n, dtype=np.int64)
+    pos = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start, end in _line_blocks(text, block):
+            try:
+                part = np.fromstring(text[start:end], dtype=np.int64, sep=" ")
+            except ValueError:  # a token that is not an integer (newer numpy raises, older stops early)
+                return None
+            if pos + part.size > n:
+                return None
+            out[pos:pos + part.size] = part
+            pos += part.size
+    return out if pos == n else None
 
 
 def read_template_pairs(path: str | os.PathLike) -> np.ndarray:
     """``ijbc_template_pair_label.txt`` → (P, 3) int64 rows (template 1, template 2, label 1/0).
 
-    Parsed by numpy (the 15.7 M lines in seconds): fields are counted per line and the numbers read
-    in one pass; a malformed line is then located and reported with its number by a Python pass.
+    Parsed by numpy (the 15.7 M lines in seconds): fields are counted per line, then the numbers read
+    block by block into one array; a malformed line is then located and reported with its number by a Python pass.
     """
     path = Path(path)
     if not path.is_file():
         _lines(path)  # raises the not-found error
     text = path.read_bytes()
     fields = _fields_per_line(text)
-    n_lines = int((fields > 0).sum())
+    n_lines, malformed = int((fields > 0).sum()), bool(np.any((fields != 0) & (fields != 3)))
+    del fields                                       # 8 bytes a line: not held while parsing
     if n_lines == 0:
         raise FroqError(f"{path}: no template pairs")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            flat = np.fromstring(text, dtype=np.int64, sep=" ")
-    except ValueError:  # a token that is not an integer (newer numpy raises, older stops early)
-        raise FroqError(_first_bad_pair_line(path)) from None
-    if np.any((fields != 0) & (fields != 3)) or flat.size != 3 * n_lines or not np.isin(flat[2::3], (0, 1)).all():
+    flat = None if malformed else _integers(text, 3 * n_lines)
+    del text
+    if flat is None or not ((flat[2::3] == 0) | (flat[2::3] == 1)).all():    # isin would sort a copy
         raise FroqError(_first_bad_pair_line(path))
     return flat.reshape(-1, 3)
 
@@ -263,8 +287,8 @@ def read_ijbc(root: str | os.PathLike, aligned: str | os.PathLike, name: str = "
     row_image = np.fromiter((index[n] for n in row_names), dtype=np.int64, count=len(row_names))
     template_ids, row_template = np.unique(row_tids, return_inverse=True)
     pos = np.searchsorted(template_ids, pairs[:, :2])
-    pos_c = np.minimum(pos, len(template_ids) - 1)
-    unknown = template_ids[pos_c] != pairs[:, :2]
+    unknown = np.column_stack([template_ids[np.minimum(pos[:, c], len(template_ids) - 1)] != pairs[:, c]
+                               for c in (0, 1)])                    # a column at a time: no (P, 2) temporaries
     if unknown.any():
         bad = pairs[:, :2][unknown][:3].tolist()
         raise FroqError(f"{root / PAIRS_FILE}: {int(unknown.any(axis=1).sum())} pair(s) name templates "
@@ -345,23 +369,34 @@ def image_features(emb: np.ndarray, flip: str, normalise: bool, scores: np.ndarr
     return x.astype(np.float32, copy=False)
 
 
-def template_features(protocol: TemplateProtocol, feats: np.ndarray) -> np.ndarray:
-    """Image features (aligned with ``protocol.images``) → L2-normalised template features (T, D').
+def template_features(protocol: TemplateProtocol, feats) -> np.ndarray:
+    """Image features (aligned with ``protocol.images``: one (N, D') array, or an iterable of
+    consecutive row blocks in image order, so that all of them are never held) → L2-normalised
+    template features (T, D').
 
     Per template: the mean of the features of each media, summed over its media, normalised
-    (insightface ``image2template_feature``).
+    (insightface ``image2template_feature``), accumulated block by block in float64 as the sum of
+    every row's features divided by the number of rows of its media.
     """
-    order = np.lexsort((protocol.row_media, protocol.row_template))   # by template, then media
-    t, m = protocol.row_template[order], protocol.row_media[order]
-    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (m[1:] != m[:-1])])
-    rows = np.asarray(feats, dtype=np.float32)[protocol.row_image[order]]
-    sums = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
-    media_mean = sums / np.diff(np.r_[starts, len(order)])[:, None]
-    media_t = t[starts]
-    t_starts = np.flatnonzero(np.r_[True, media_t[1:] != media_t[:-1]])
-    tmpl = np.add.reduceat(media_mean, t_starts, axis=0)
-    norms = np.linalg.norm(tmpl, axis=1, keepdims=True)
-    return tmpl / np.maximum(norms, 1e-12)
+    t, m, img = protocol.row_template, protocol.row_media, protocol.row_image
+    order = np.lexsort((m, t))                                          # by template, then media
+    new_media = np.r_[True, (t[order][1:] != t[order][:-1]) | (m[order][1:] != m[order][:-1])]
+    media = np.empty(len(t), dtype=np.int64)
+    media[order] = np.cumsum(new_media) - 1
+    weight = 1.0 / np.bincount(media)[media]
+    by_image = np.argsort(img, kind="stable")
+    tmpl, start = None, 0
+    for block in ([feats] if isinstance(feats, np.ndarray) else feats):
+        block = np.asarray(block, dtype=np.float32)
+        if tmpl is None:
+            tmpl = np.zeros((len(protocol.template_ids), block.shape[1]))
+        lo, hi = np.searchsorted(img[by_image], [start, start + len(block)])
+        rows = by_image[lo:hi][np.argsort(t[by_image[lo:hi]], kind="stable")]
+        if len(rows):
+            heads = np.flatnonzero(np.r_[True, t[rows][1:] != t[rows][:-1]])
+            tmpl[t[rows][heads]] += np.add.reduceat(block[img[rows] - start] * weight[rows, None], heads, axis=0)
+        start += len(block)
+    return tmpl / np.maximum(np.linalg.norm(tmpl, axis=1, keepdims=True), 1e-12)
 
 
 def template_pair_scores(tfeats: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -378,7 +413,7 @@ def template_pair_scores(tfeats: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     out = np.empty(len(pairs), dtype=np.float64)
     if n_t * n_t <= GRAM_RATIO * len(pairs):
         order = np.argsort(pairs[:, 0], kind="stable")
-        first, second = pairs[order, 0], pairs[order, 1]
+        first, second = (pairs[order, c].astype(np.int32) for c in (0, 1))   # int32: less held at IJB-C size
         bounds = np.searchsorted(first, np.arange(0, n_t + GRAM_ROWS, GRAM_ROWS))
         for k, a in enumerate(range(0, n_t, GRAM_ROWS)):
             lo, hi = bounds[k], bounds[k + 1]
@@ -532,13 +567,12 @@ def _stored_chunk(npy: Path, info: Path, stamp: str, shape: tuple[int, int]) -> 
 
 
 def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: bool,
-                batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Embeddings of ``chip_dir/names`` with ``fr`` → float32 (N, D), or (N, 2D) = [original |
-    mirrored] with ``flip``. Streams through ``run_images`` in chunks of ``EMBED_CHUNK`` chips,
-    each kept in ``store`` (``chunk_NNNNN.npy`` + ``.json`` with a stamp of its chips' names and
+                batch_size: int = 64, num_workers: int = 0) -> Iterator[np.ndarray]:
+    """Embeddings of ``chip_dir/names`` with ``fr``, yielded chunk by chunk in ``names`` order:
+    float32 (n, D), or (n, 2D) = [original | mirrored] with ``flip``, so at most one chunk of
+    ``EMBED_CHUNK`` chips is held. Streams through ``run_images``; each chunk is kept in ``store`` (``chunk_NNNNN.npy`` + ``.json`` with a stamp of its chips' names and
     file identities), so an interrupted pass resumes and a changed chip's chunk is recomputed."""
     store.mkdir(parents=True, exist_ok=True)
-    parts = []
     n_chunks = (len(names) + EMBED_CHUNK - 1) // EMBED_CHUNK
 
     def batch_fn(_paths, images: torch.Tensor):
@@ -565,7 +599,7 @@ def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: boo
                     raise FroqError(f"{me}: {npy} is complete for rank 0 but not readable here: the "
                                     "embedding store must be on a folder every process sees")
         if stored is not None:
-            parts.append(stored)
+            yield stored
             continue
         failures = FailureLog("ijbc embeddings")
         res = run_images(chip_dir, batch_fn, [f"e{i}" for i in range(width)], preprocess=fr.preprocess,
@@ -580,8 +614,7 @@ def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: boo
         if me.main:
             write_npy(npy, arr)
             write_json(info, {"stamp": stamp, "images": len(chunk), "model": fr.identity(), "flip": flip})
-        parts.append(arr)
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, width), np.float32)
+        yield arr
 
 
 def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | None,
@@ -598,22 +631,27 @@ def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | N
     base = Path(cache_dir) if cache_dir is not None else protocol.aligned_root / "embeddings"
     store = base / f"{fr.arch}-{model_key(fr)[:16]}" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', protocol.name)}-" \
         f"{template.name}-{'flip' if flip else 'noflip'}"
-    emb = embed_chips(fr, chip_dir, protocol.images, store, flip, batch_size, num_workers)
     opts = protocol.options
-    feats = image_features(emb, opts["flip"], opts["normalise_images"],
-                           protocol.detector_scores if opts["detector_weight"] else None)
-    return template_pair_scores(template_features(protocol, feats), protocol.pairs)
+
+    def features():
+        start = 0
+        for emb in embed_chips(fr, chip_dir, protocol.images, store, flip, batch_size, num_workers):
+            det = protocol.detector_scores[start:start + len(emb)] if opts["detector_weight"] else None
+            yield image_features(emb, opts["flip"], opts["normalise_images"], det)
+            start += len(emb)
+
+    return template_pair_scores(template_features(protocol, features()), protocol.pairs)
 
 
 # ----------------------------------------------------------------------------- dispatch
 
 
 def protocol_pair_quality(protocol: PairProtocol, img_q: np.ndarray, rule: str,
-                          select: np.ndarray | None = None) -> np.ndarray:
-    """Per-image qualities → quality of the pairs of ``protocol`` (all, or those of the boolean
-    mask / index ``select``): the ``rule`` of the two images' qualities, or for a
+                          pairs: np.ndarray | None = None) -> np.ndarray:
+    """Per-image qualities → quality of ``pairs`` (default: every pair of ``protocol``; (P, 2)
+    indices like ``protocol.pairs``): the ``rule`` of the two images' qualities, or for a
     ``TemplateProtocol`` of the two templates' pooled qualities."""
-    pairs = protocol.pairs if select is None else protocol.pairs[select]
+    pairs = protocol.pairs if pairs is None else pairs
     q = template_qualities(protocol, img_q) if isinstance(protocol, TemplateProtocol) \
         else np.asarray(img_q, dtype=np.float64)
     return edc.pair_quality(q[pairs[:, 0]], q[pairs[:, 1]], rule)
@@ -643,12 +681,26 @@ def protocol_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int 
         emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
     n, pairs = len(emb), protocol.pairs
     if len(pairs) >= GRAM_MIN_PAIRS and n * n <= GRAM_RATIO * len(pairs):  # Adience: Gram blocks
-        e = np.asarray(emb, dtype=np.float64)
-        return template_pair_scores(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12), pairs)
+        return template_pair_scores(unit_rows(emb), pairs)
     out = np.empty(len(pairs), dtype=np.float64)
     for s in range(0, len(pairs), SCORE_BLOCK):
         out[s:s + SCORE_BLOCK] = cosine_scores(emb, pairs[s:s + SCORE_BLOCK])
     return out
+
+
+def streamed_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64,
+                         num_workers: int = 0) -> StreamedScores:
+    """``protocol_pair_scores`` for the streaming evaluation (``evaluation.streaming``): an
+    ``AllPairsProtocol``'s impostor scores come block by block from its unit embeddings, never all
+    held; a listed protocol's scores are computed as usual and split into genuine and impostor."""
+    if not isinstance(protocol, AllPairsProtocol):
+        return listed_pairs_scores(protocol_pair_scores(fr, protocol, cache_dir, batch_size, num_workers),
+                                   protocol.genuine)
+    from evaluation.comparison_scores import protocol_embeddings
+
+    with torch.no_grad():
+        emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
+    return all_pairs_scores(unit_rows(emb), protocol.image_ids, protocol.mated)
 
 
 # ----------------------------------------------------------------------------- command line

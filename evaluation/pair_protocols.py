@@ -46,17 +46,21 @@ class PairProtocol:
     info: dict = field(default_factory=dict)
 
     @property
+    def n_pairs(self) -> int:
+        return len(self.genuine)
+
+    @property
     def n_genuine(self) -> int:
         return int(self.genuine.sum())
 
     @property
     def n_impostor(self) -> int:
-        return int((~self.genuine).sum())
+        return self.n_pairs - self.n_genuine
 
     def summary(self) -> str:
         """One line: pairs, genuine/impostor counts, images, folds."""
         folds = f", {len(np.unique(self.folds))} folds" if self.folds is not None else ""
-        return (f"{self.name}: {len(self.genuine)} pairs ({self.n_genuine} genuine, {self.n_impostor} "
+        return (f"{self.name}: {self.n_pairs} pairs ({self.n_genuine} genuine, {self.n_impostor} "
                 f"impostor) over {len(self.images)} images{folds}")
 
 

@@ -607,6 +607,7 @@ def run_table(cfg: dict) -> dict:
     own_models: dict = {}  # method name -> its own FR model (or why not)
     evaluations: dict = {}
     identities: dict = {}
+    no_intervals: dict = {}  # benchmark -> why it has no bootstrap intervals
     for model in models:
         try:
             fr_cfg = load_fr_config(model.fr_config)
@@ -641,6 +642,9 @@ def run_table(cfg: dict) -> dict:
         evaluations[model.name] = {"status": status, "outdir": str(outdir / "evaluation" / model.name)}
         for entry, quals in benches:
             for method in quals:
+                boot = (((results.get(entry["name"]) or {}).get(model.name) or {}).get(method) or {}).get("bootstrap")
+                if boot and "not_computed" in boot:      # a streamed benchmark: say why it has no ±
+                    no_intervals[entry["name"]] = boot["not_computed"]
                 for limit in limits:
                     value = cell_value(results, entry["name"], model.name, method, limit)
                     if value is not None:
@@ -653,6 +657,7 @@ def run_table(cfg: dict) -> dict:
                           str(cfg["evaluation"].get("pauc_normalisation", "start")))
     ev = [e["status"] for e in evaluations.values()]
     summary = progress.lines() + [f"evaluations: {ev.count('computed')} computed, {ev.count('reused')} reused"]
+    summary += [f"no bootstrap intervals for {bench}: {why}" for bench, why in no_intervals.items()]
     outdir.mkdir(parents=True, exist_ok=True)
     with atomic_open(outdir / "table.md") as fh:
         fh.write(f"<!-- froq {__version__}; config {source}; {time.strftime('%Y-%m-%d %H:%M:%S')} -->\n\n")
