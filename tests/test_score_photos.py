@@ -172,7 +172,8 @@ def test_run_targets_include_faceless_photos_of_target_identities(tmp_path):
     header = ["path", "output", "status"]
     rows = [["cal/c1.jpg", "cal/c1.png", "ok"], ["cal/c2.jpg", "", "no_face"],
             ["tgt/t1.jpg", "tgt/t1.png", "fallback"], ["tgt/t2.jpg", "", "no_face"],
-            ["tgt/t3.jpg", "", "unreadable"], ["top.jpg", "", "no_face"]]
+            ["tgt/t3.jpg", "", "unreadable"], ["top.jpg", "", "no_face"],
+            ["top_cal.jpg", "top_cal.png", "ok"]]  # a calibration chip at the top level: still keep top.jpg
     aligned.mkdir()
     with open(aligned / "landmarks.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
