@@ -135,7 +135,7 @@ def test_a_dead_rank_is_finished_by_reruns_with_1_or_3_processes_without_recompu
     error_line(procs[0].returncode, err0, "rank 0 of 2", "another process stopped",
                "run the same command again")
     partials = sorted(p.name for p in killed.glob("labels.csv.partial.*"))
-    assert "labels.csv.partial.1-of-2" in partials, proc.stderr[-2000:]
+    assert "labels.csv.partial.1-of-2" in partials, err1[-2000:]
     rows = sum(len((killed / p).read_text().splitlines()) - 2 for p in partials)
     assert rows >= 2  # rank 1's batch at least
 

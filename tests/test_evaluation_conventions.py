@@ -196,7 +196,12 @@ def test_bootstrap_interval_in_results_and_seeded():
     lo, hi = e["pauc_norm_ci"]
     assert lo < hi and lo <= e["pauc_norm"] * 1.5 and hi >= e["pauc_norm"] * 0.5
     assert e["bootstrap"] == {"unit": "identities", "n_clusters": 40, "resamples": 200, "seed": 4, "level": 0.95}
-    assert e["by_limit"]["0.2"]["fnmr_at_limit_ci"][0] <= e["by_limit"]["0.2"]["fnmr_at_limit_ci"][1]
+    # every limit's interval is that of its own resampled values
+    samples = bootstrap.bootstrap_samples(scores, genuine, {"q": [q], "perfect": [np.where(genuine, scores, np.inf)]},
+                                          [0.01], [0.3, 0.2], boot.clusters, 200, seed=4)["q"]["0.01"]
+    for metric in ("pauc", "fnmr_at_limit"):
+        assert e["by_limit"]["0.2"][f"{metric}_ci"] == bootstrap.interval(samples[0.2][metric])
+        assert e[f"{metric}_ci"] == bootstrap.interval(samples[0.3][metric])
     assert e["pauc_norm_ci"] == m2["q"]["0.01"]["pauc_norm_ci"]          # same seed, same interval
     assert m1["perfect"]["0.01"]["pauc_minus_best_ci"] == [0.0, 0.0]
 

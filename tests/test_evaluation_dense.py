@@ -57,8 +57,11 @@ def test_every_genuine_pair_and_seeded_distinct_impostors(folders):
     full = read_identity_folders(folders, "people", impostors=10**6)
     assert full.n_impostor == comb(18, 2) - n_gen
     # a cap on images per identity (seeded subsample)
-    capped = read_identity_folders(folders, "people", impostors=10, max_images_per_identity=2)
+    capped = read_identity_folders(folders, "people", impostors=10, max_images_per_identity=2, seed=1)
     assert capped.n_genuine == 5 and len(capped.images) == 11
+    assert read_identity_folders(folders, "people", impostors=10, max_images_per_identity=2, seed=1).images == \
+        capped.images != read_identity_folders(folders, "people", impostors=10, max_images_per_identity=2,
+                                               seed=2).images
 
 
 def test_impostor_sampling_is_uniform_over_cross_identity_pairs():
@@ -186,6 +189,7 @@ def test_models_are_named_after_their_fr_config(tmp_path):
                            str(tmp_path / "dlib_a.yaml"), {"config": str(tmp_path / "dlib_b.yaml"), "name": "mine"}],
                           "cfg")
     assert [m.name for m in models] == ["arcface_r100", "mobilefacenet", "dlib_resnet", "mine"]
+    assert parse_models([str(tmp_path / "mobilefacenet.yaml")], "cfg")[0].name == "mobilefacenet"  # generic arch
     two = parse_models([str(tmp_path / "dlib_a.yaml"), str(tmp_path / "dlib_b.yaml")], "cfg")
     assert [m.name for m in two] == ["dlib_a", "dlib_b"]                # same arch: the config file names
     with pytest.raises(FroqError, match="several models are named"):

@@ -289,10 +289,11 @@ def test_observer_file_round_trip_and_stage_clis(faces, tmp_path):
     # the calibration scale is the combined quality of the calibration images
     assert np.allclose(obs["scale"]["qualities"], np.sort(offline))
     # a damaged feature list is refused with one line naming the file
-    bad = dict(obs, features=[dict(obs["features"][0], statistic="kurtosis")])
-    (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(FroqError, match="bad.json: features\\[0\\]"):
-        read_observer(tmp_path / "bad.json")
+    for damage in ({"statistic": "kurtosis"}, {"layer": "not_selected"}):
+        bad = dict(obs, features=[dict(obs["features"][0], **damage)])
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(FroqError, match="bad.json: features\\[0\\]"):
+            read_observer(tmp_path / "bad.json")
 
 
 def test_select_features_needs_identities_for_cv():

@@ -120,15 +120,15 @@ def _rewrite(path, line_no, text):
 
 def test_template_pooling_by_hand(release, tmp_path):
     p = ijbc.read_ijbc(release, tmp_path / "aligned")
-    f = np.array([[1, 0], [0, 1], [2, 2], [3, 4], [1, 1], [-1, 0]], dtype=np.float32)  # images 1..6
+    f = np.array([[1, 0], [0, 1], [2, 1], [3, 4], [1, 1], [-1, 0]], dtype=np.float32)  # images 1..6
     t = ijbc.template_features(p, f)
     unit = lambda v: np.asarray(v, float) / np.linalg.norm(v)  # noqa: E731
     # 101: media 7 = mean(f1, f2), media 8 = f3; summed; 102: f4; 103: f5 + f6 + f2 (three media)
-    np.testing.assert_allclose(t[0], unit([0.5 + 2, 0.5 + 2]))
+    np.testing.assert_allclose(t[0], unit([0.5 + 2, 0.5 + 1]))  # a sum of media would point elsewhere
     np.testing.assert_allclose(t[1], unit([3, 4]))
     np.testing.assert_allclose(t[2], unit([1 - 1 + 0, 1 + 0 + 1]))
     s = ijbc.template_pair_scores(t, p.pairs)
-    assert s[0] == pytest.approx(unit([1, 1]) @ unit([3, 4]))
+    assert s[0] == pytest.approx(unit([2.5, 1.5]) @ unit([3, 4]))
     q = np.array([0.9, 0.2, 0.5, 0.7, 0.4, 0.8])
     assert ijbc.template_qualities(p, q, "min").tolist() == [0.2, 0.7, 0.2]
     assert ijbc.template_qualities(p, q, "max").tolist() == [0.9, 0.7, 0.8]
@@ -136,6 +136,7 @@ def test_template_pooling_by_hand(release, tmp_path):
     assert ijbc.template_qualities(p, q, "median").tolist() == [0.5, 0.7, 0.4]
     # pair quality = min of the two templates (default pooling min)
     assert ijbc.protocol_pair_quality(p, q, "min").tolist() == [0.2, 0.2, 0.2, 0.2]
+    np.testing.assert_allclose(ijbc.protocol_pair_quality(p, q, "mean"), [0.45, 0.2, 0.45, 0.2])  # both templates
 
 
 def test_image_feature_modes():

@@ -19,6 +19,7 @@ from baselineFIQA.labels import COLUMNS, LabelSettings, compute_pseudo_labels, l
 from baselineFIQA.main import main as labels_main
 from froq.core.cli import run_main
 from froq.core.errors import FroqError
+from froq.core.io import read_csv
 from froq.core.runner import iterate_folder
 from stage_helpers import error_line
 from test_observer import SIZE, tiny_fr
@@ -101,10 +102,10 @@ def test_component_weights_give_the_weighted_mean(faces):
     fr = tiny_fr()
     plain = compute_pseudo_labels(fr, faces, batch_size=4, mpx=8, noise_count=K, channels_last=False)
     weighted = compute_pseudo_labels(fr, faces, batch_size=4, mpx=8, noise_count=K, channels_last=False,
-                                     weights=[2, 0, 1])
+                                     weights=[4, 0, 1])  # sum 5: the mean divides by the sum
     for c in ("flip", "noise", "occlusion"):  # the components do not depend on the weights
         np.testing.assert_array_equal(weighted.column(c), plain.column(c))
-    expected = (2 * plain.column("flip") + plain.column("occlusion")) / 3
+    expected = (4 * plain.column("flip") + plain.column("occlusion")) / 5
     np.testing.assert_allclose(weighted.column("quality"), expected, atol=1e-6)
     assert not np.allclose(weighted.column("quality"), plain.column("quality"), atol=1e-4)
     key = LabelSettings(weights=(2, 0, 1)).fingerprint()
@@ -183,6 +184,13 @@ def test_stage_writes_new_columns_and_records_settings(faces, tmp_path):
     assert meta["label_settings"] == {"alphas": [0.01, 0.1], "noise_count": 2, "noise_model": "relative",
                                       "mpx": [4, 8], "component_weights": [1.0, 0.0, 2.0], "seed": 0}
     assert meta["columns"] == header
+    # the stage passes every option on: its numbers are those of the function with the same settings
+    want = compute_pseudo_labels(tiny_fr(), faces, batch_size=4, mpx=[4, 8], alphas=[0.01, 0.1], noise_count=2,
+                                 weights=[1, 0, 2], noise_model="relative")
+    rows = read_csv(tmp_path / "l.csv")
+    assert [r["path"] for r in rows] == want.paths
+    for c in header[1:]:
+        np.testing.assert_allclose([float(r[c]) for r in rows], want.column(c), atol=2e-6)
     rc, err = _stage(cfg, "dataset.component_weights=[1,1]")
     error_line(rc, err, "dataset.component_weights", "three numbers")
     rc, err = _stage(cfg, "dataset.noise_model=gauss")

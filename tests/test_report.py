@@ -53,6 +53,7 @@ def test_contact_sheet_shows_lowest_middle_highest_in_order(tmp_path):
 def test_faces_without_an_aligned_face_are_left_out(tmp_path):
     faces = _solid_faces(tmp_path, 4)
     rows = [[f.name, f.quality, f.percentile, "ok"] for f in faces] + [["gone.png", -1.0, 0.0, "no_face"]]
+    Image.new("RGB", (40, 50)).save(tmp_path / "gone.png")  # a file is there: the flag alone leaves it out
     write_csv(tmp_path / "q.csv", ["path", "quality", "percentile", "flag"], rows)
     got, left_out = read_faces(tmp_path / "q.csv", lambda name: tmp_path / name)
     assert [f.name for f in got] == [f.name for f in faces] and left_out == 1

@@ -172,7 +172,8 @@ def test_run_targets_include_faceless_photos_of_target_identities(tmp_path):
     header = ["path", "output", "status"]
     rows = [["cal/c1.jpg", "cal/c1.png", "ok"], ["cal/c2.jpg", "", "no_face"],
             ["tgt/t1.jpg", "tgt/t1.png", "fallback"], ["tgt/t2.jpg", "", "no_face"],
-            ["tgt/t3.jpg", "", "unreadable"], ["top.jpg", "", "no_face"]]
+            ["tgt/t3.jpg", "", "unreadable"], ["top.jpg", "", "no_face"],
+            ["top_cal.jpg", "top_cal.png", "ok"]]  # a calibration chip at the top level: still keep top.jpg
     aligned.mkdir()
     with open(aligned / "landmarks.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
@@ -221,12 +222,20 @@ def test_photos_are_aligned_for_a_96x112_model_and_chips_recognised(observer_96x
         score_photos(obs, resized, tmp_path / "q3.csv", device="cpu")
 
 
-def test_failure_quality_stays_below_negative_froq_plus_qualities():
+def test_failure_quality_stays_below_negative_froq_plus_qualities(tmp_path, monkeypatch):
     """FROQ+ (standardised features) can score faces below -1: a failed face must still be lowest."""
-    import numpy as np
-    from froq.score_photos import FAILURE_QUALITY, failure_quality
+    from types import SimpleNamespace
+
+    from froq.score_photos import failure_quality, score_entries
 
     assert failure_quality(np.array([3.2, 12.0])) == FAILURE_QUALITY
     assert failure_quality(np.array([])) == FAILURE_QUALITY
     low = failure_quality(np.array([-2.4, 0.7]))
     assert low < -2.4 and low == -4.0
+    # and the output takes it: a face scored -2.4 (stand-in for the observer's pass), one without a face
+    scored = SimpleNamespace(paths=["a.png"], column=lambda _name: np.array([-2.4]))
+    monkeypatch.setattr("observer.inference.froq_qualities", lambda *a, **k: scored)
+    observer = SimpleNamespace(fr=None, layers=[], record={}, source="observer.json")
+    score_entries(observer, tmp_path, [PhotoEntry("a.jpg", "a.png", "ok"), PhotoEntry("b.jpg", None, "no_face")],
+                  tmp_path / "q.csv")
+    assert [float(r["quality"]) for r in read_rows(tmp_path / "q.csv")] == [-2.4, -4.0]

@@ -15,12 +15,15 @@ N_IDS, PER_ID, N_LAYERS = 15, 4, 12
 
 
 def synthetic(seed: int = 0, n_ids: int = N_IDS):
-    """Norms (N, L) of identity-folder images: layers = the label plus noise of growing size, one
-    constant layer, one layer that never fired (NaN), one anti-correlated layer."""
+    """Norms (N, L) of identity-folder images: layers = the label plus noise of slowly growing size
+    (several layers selected, not on every resample), layer 1 a near copy of layer 0 (the greedy
+    search and the utility order differ), one constant layer, one layer that never fired (NaN), one
+    anti-correlated layer."""
     rng = np.random.default_rng(seed)
     paths = [f"id_{i:02d}/img_{k}.png" for i in range(n_ids) for k in range(PER_ID)]
     y = rng.normal(size=len(paths))
-    norms = np.stack([y + rng.normal(scale=0.3 + 0.4 * j, size=len(paths)) for j in range(N_LAYERS)], axis=1)
+    norms = np.stack([y + rng.normal(scale=0.5 + 0.1 * j, size=len(paths)) for j in range(N_LAYERS)], axis=1)
+    norms[:, 1] = norms[:, 0] + rng.normal(scale=0.01, size=len(paths))
     norms[:, 3] = 5.0
     norms[:, 7] = np.nan
     norms[:, 9] = -y + rng.normal(scale=0.5, size=len(paths))

@@ -89,6 +89,7 @@ def test_shift_mask_and_index_match_the_swin_rule():
     net = SwinFaceRecognition()
     idx = net.layers[0].blocks[0].attn.relative_position_index
     assert idx.shape == (49, 49) and idx.min() == 0 and idx.max() == 168 and idx[0, 0] == 84
+    assert idx[1, 0] == 85 and idx[7, 0] == 97  # (dy + 6)·13 + (dx + 6): token 1 is one step right, 7 one down
     mask = net.layers[0].blocks[1].attn_mask
     assert mask.shape == (64, 49, 49)
     assert mask[0].abs().sum() == 0 and mask[-1].min() == -100  # top-left window free; last one split
