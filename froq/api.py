@@ -151,7 +151,7 @@ class Observer:
         """
         if isinstance(images, (str, Path)) and (Path(images).is_dir() or is_record_file(images)):
             failures = FailureLog("froq")
-            root, entries, _, _ = read_folder(self.fr, self.record, images)
+            root, entries, _, _ = read_folder(self.fr, self.record, images, failures=failures)
             s = score_entries(self.fr, self.record, root, entries, batch_size=batch_size,
                               early_exit=early_exit, embeddings=embeddings, num_workers=num_workers,
                               failures=failures)

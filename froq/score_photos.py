@@ -97,10 +97,10 @@ def score_photos(observer_file: str | Path, photos: str | Path, out: str | Path 
     work = work or (out.parent / f"{out.stem}.aligned" / template.name if template else None)
     started = time.perf_counter()
     with output_lock(out):
-        root, entries, how, check = read_folder(observer.fr, observer.record, photos, mode, work=work,
-                                                select=select, fallback=fallback,
-                                                align_workers=align_workers)
         failures = FailureLog("score")
+        root, entries, how, check = read_folder(observer.fr, observer.record, photos, mode,
+                                                failures=failures, work=work, select=select,
+                                                fallback=fallback, align_workers=align_workers)
         scores = score_entries(observer.fr, observer.record, root, entries, batch_size=batch_size,
                                num_workers=num_workers, resume_path=out, failures=failures)
         scores.write(out)

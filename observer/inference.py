@@ -34,10 +34,10 @@ from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core import distributed
-from froq.core.images import FailureLog, list_images, read_image_list
+from froq.core.images import FailureLog, read_image_list
 from froq.core.io import read_csv, read_json, write_csv, write_npy
-from froq.core.recordio import RecordFile, is_record_file
-from froq.core.runner import RunResult, finish_stage, run_images
+from froq.core.recordio import is_record_file
+from froq.core.runner import RunResult, finish_stage, open_source, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.combination import STANDARDISATIONS, combined_quality
@@ -258,19 +258,12 @@ class PhotoEntry:
     flag: str
 
 
-def entries_as_is(root: str | Path, rels: Sequence[str] | None = None) -> list[PhotoEntry]:
-    """Images scored as they are (already aligned): each its own chip, flag ``ok``."""
-    rels = list(rels) if rels is not None else list_images(root)
-    return [PhotoEntry(r, r, "ok") for r in rels]
-
-
-def entries_from_alignment(aligned: str | Path, photos: Sequence[str] | None = None) -> list[PhotoEntry]:
+def entries_from_alignment(aligned: str | Path) -> list[PhotoEntry]:
     """The photos of an ``align_folder`` output (its ``landmarks.csv``), in its order: chip = the
-    crop (None without one), flag = the alignment status. ``photos``: only those paths."""
+    crop (None without one), flag = the alignment status."""
     rows = read_csv(Path(aligned) / "landmarks.csv", ("path", "output", "status"))
-    wanted = set(photos) if photos is not None else None
     return [PhotoEntry(r["path"], r["output"] or None, r["status"] if r["status"] in FLAGS else "unreadable")
-            for r in rows if wanted is None or r["path"] in wanted]
+            for r in rows]
 
 
 def failure_quality(qualities: np.ndarray) -> float:
@@ -289,13 +282,15 @@ def observer_template(fr: FRModel, record: Mapping) -> AlignmentTemplate | None:
 
 
 def read_folder(fr: FRModel, record: Mapping, folder: str | Path, mode: str = "faces", *,
-                rels: Sequence[str] | None = None, work: str | Path | None = None,
-                select: str | None = None, fallback: str = "none", align_workers: int = 1):
+                rels: Sequence[str] | None = None, failures: FailureLog | None = None,
+                work: str | Path | None = None, select: str | None = None, fallback: str = "none",
+                align_workers: int = 1):
     """The aligned-or-not decision: which images of ``folder`` to score, and from where.
 
     In: the FR model and observer record, the folder (or an insightface ``train.rec``: aligned
     by construction, never checked), ``mode`` (``MODES``), optionally the relative paths to read
-    (``rels``) and, for aligning, the work folder, face choice, fallback and processes. The check
+    (``rels``), the FailureLog that gets the names and folders that cannot be read and, for
+    aligning, the work folder, face choice, fallback and processes. The check
     (``preparation.align.check_aligned``): every image has the template's size and, on a sample,
     its landmarks lie at the template's points. ``auto``: aligned → as they are; other sizes →
     aligned into ``work``; chip-sized faces off the points → refused. ``align``: always aligned.
@@ -308,14 +303,14 @@ def read_folder(fr: FRModel, record: Mapping, folder: str | Path, mode: str = "f
     if mode not in MODES:
         raise FroqError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     folder = Path(folder)
-    if is_record_file(folder):
-        keys = list(rels) if rels is not None else [str(int(k)) for k in RecordFile(folder).keys]
-        return folder, entries_as_is(folder, keys), "RecordIO records, scored as they are", None
-    if not folder.is_dir():
+    if not (folder.is_dir() or is_record_file(folder)):
         raise FroqError(f"folder of images not found: {folder}")
-    rels = list(rels) if rels is not None else list_images(folder)
+    rels = open_source(folder, rels, failures if failures is not None else FailureLog("images")).keys
+    as_is = [PhotoEntry(r, r, "ok") for r in rels]  # each image its own chip
+    if is_record_file(folder):
+        return folder, as_is, "RecordIO records, scored as they are", None
     template, check = observer_template(fr, record), None
-    if template is None and mode == "auto":
+    if template is None and mode in ("auto", "align"):
         raise FroqError(f"{fr.arch}: its FR config names no alignment template: pass --aligned to "
                         "score faces you aligned yourself, or add 'alignment' to its FR config")
     if template is None and mode == "aligned":
@@ -336,10 +331,7 @@ def read_folder(fr: FRModel, record: Mapping, folder: str | Path, mode: str = "f
             log.warning("%s does not look aligned for %s (%s): qualities of unaligned faces are "
                         "not comparable to the calibration", folder, template.name, check.describe())
     if mode in ("aligned", "faces") or check is not None and check.aligned:
-        return folder, entries_as_is(folder, rels), "aligned faces, scored as they are", check
-    if template is None:
-        raise FroqError(f"{fr.arch}: its FR config names no alignment template: add 'alignment' "
-                        "to it (face_recognition_model/templates.py)")
+        return folder, as_is, "aligned faces, scored as they are", check
     root = Path(work)
     if root.resolve() == folder.resolve() or folder.resolve() in root.resolve().parents:
         raise FroqError(f"the alignment folder {root} is inside {folder}: write the output "
@@ -456,8 +448,8 @@ def main(argv=None, read=None) -> dict[str, int]:
     with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog("inference")
         start = time.perf_counter()
-        root, entries, how, check = (read(cfg["target_dataset"]) if read else
-                                     read_folder(fr, obs, cfg["target_dataset"], "faces", rels=paths))
+        root, entries, how, check = (read(cfg["target_dataset"]) if read else read_folder(
+            fr, obs, cfg["target_dataset"], "faces", rels=paths, failures=failures))
         scores = score_entries(fr, obs, root, entries, batch_size=cfg["batch_size"],
                                early_exit=cfg["early_exit"], embeddings=cfg["save_embeddings"],
                                num_workers=cfg["num_workers"], autocast=cfg["autocast"],
