@@ -22,8 +22,8 @@ center-box``), ``no_face`` (nothing detected) or ``unreadable``. A face that cou
 acquired (``no_face``, ``unreadable``) gets the lowest quality (ISO/IEC 29794-1: failure to acquire
 = lowest quality): ``FAILURE_QUALITY`` = -1, below every paper FROQ quality (a mean of L2 norms,
 never negative; for FROQ+ observers, whose standardised qualities can be negative, one less than the
-floor of the lowest real quality: ``failure_quality``), and percentile 0 (faces score strictly inside (0, 100)); so an evaluation still covers
-every pair and discards these first. ``<output>.meta.json`` records the observer, the model, the
+floor of the lowest real quality: ``observer.inference.failure_quality``), and percentile 0 (faces
+score strictly inside (0, 100)); so an evaluation still covers every pair and discards these first. ``<output>.meta.json`` records the observer, the model, the
 template, how the folder was read and the count per flag. The check, the flags and the scoring are
 ``observer.inference``'s (``read_folder``, ``score_entries``), which ``froq score``, ``./run.sh``
 and ``froq.Observer.score`` use too.
@@ -43,8 +43,7 @@ from froq.core.errors import FroqError
 from froq.core.images import FailureLog, list_images
 from froq.core.io import output_lock
 from froq.core.runner import finish_stage
-from observer.inference import (FAILURE_PERCENTILE, FAILURE_QUALITY, FLAGS, PhotoEntry,  # noqa: F401
-                                entries_from_alignment, failure_quality, observer_template,
+from observer.inference import (FAILURE_QUALITY, PhotoEntry, entries_from_alignment, observer_template,
                                 read_folder, score_entries)
 
 log = logging.getLogger("froq.score_photos")

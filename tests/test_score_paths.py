@@ -126,14 +126,15 @@ def test_photos_are_refused_by_the_stage_and_the_api_with_the_way_out(tmp_path, 
     observer.write_text(json.dumps({**PAPER, "model": {**fr.identity(), "config": str(cfg)},
                                     "alignment": fr.alignment().record()}))
     photos = random_images(tmp_path / "photos", ["p/1.jpg", "p/2.jpg"], (200, 150))
-    rc = main(["score", *stage_argv(cfg, photos, observer, tmp_path / "q.csv")])
+    capsys.readouterr()  # what was logged before the command is not its output
+    rc = run_in_process(main, ["score", *stage_argv(cfg, photos, observer, tmp_path / "q.csv")])
     error_line(rc, capsys.readouterr().err, "not the sphereface96x112 chip size",
                f"froq score-photos OBSERVER {photos}")
     assert not (tmp_path / "q.csv").exists()
     with pytest.raises(FroqError, match="froq score-photos"):
         froq.Observer.load(observer, device="cpu").score(photos)
     chips = random_images(tmp_path / "chips", ["c/1.png"], (96, 112))
-    assert main(["score", *stage_argv(cfg, chips, observer, tmp_path / "q.csv")]) == 0
+    assert run_in_process(main, ["score", *stage_argv(cfg, chips, observer, tmp_path / "q.csv")]) == 0
     assert "does not look aligned for sphereface96x112" in capsys.readouterr().err
     assert [r["flag"] for r in read_rows(tmp_path / "q.csv")] == ["ok"]
 

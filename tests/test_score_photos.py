@@ -25,8 +25,8 @@ from face_recognition_model.templates import NAMED, template_from_config, templa
 from froq.core.cli import run_main
 from froq.core.errors import FroqError
 from froq.core.images import Preprocess
-from froq.score_photos import (FAILURE_PERCENTILE, FAILURE_QUALITY, PhotoEntry, main as score_main,
-                               score_photos, target_entries)
+from froq.score_photos import main as score_main, score_photos, target_entries
+from observer.inference import FAILURE_PERCENTILE, FAILURE_QUALITY, PhotoEntry
 from observer.scale import scale_record
 
 LFW_SAMPLES = ["Aaron_Pena/Aaron_Pena_0001.jpg", "Abdullah/Abdullah_0002.jpg",
@@ -224,7 +224,7 @@ def test_photos_are_aligned_for_a_96x112_model_and_chips_recognised(observer_96x
 def test_failure_quality_stays_below_negative_froq_plus_qualities():
     """FROQ+ (standardised features) can score faces below -1: a failed face must still be lowest."""
     import numpy as np
-    from froq.score_photos import FAILURE_QUALITY, failure_quality
+    from observer.inference import FAILURE_QUALITY, failure_quality
 
     assert failure_quality(np.array([3.2, 12.0])) == FAILURE_QUALITY
     assert failure_quality(np.array([])) == FAILURE_QUALITY
