@@ -206,3 +206,19 @@ def test_init_takes_the_labels_of_a_list_and_of_a_record_set(tmp_path):
                                    "--set", "top_n=3"])
         record = json.loads(observer.read_text())
         assert record["calibration"]["images"] == 5 and record["selected_layers"], name
+
+
+def test_the_stage_checks_the_sizes_of_a_sample_not_of_every_image(monkeypatch, tmp_path):
+    """Mode ``faces`` (froq score, Observer.score) checks ``FACES_SAMPLE`` evenly spaced images,
+    so a million-image folder is not read twice; ``froq score-photos`` checks all of them."""
+    import observer.inference as inference
+    import preparation.align as align
+
+    checked, real = [], align.check_aligned
+    monkeypatch.setattr(align, "check_aligned", lambda folder, rels, t: checked.append(rels) or real(folder, rels, t))
+    monkeypatch.setattr(inference, "FACES_SAMPLE", 3)
+    fr = load_fr_model(fr_config(tmp_path))
+    chips = random_images(tmp_path / "chips", [f"c/{k}.png" for k in range(7)], (96, 112))
+    _, entries, _, _ = inference.read_folder(fr, {}, chips)
+    _, _, _, _ = inference.read_folder(fr, {}, chips, "aligned")
+    assert len(entries) == 7 and checked == [["c/0.png", "c/3.png", "c/6.png"], [f"c/{k}.png" for k in range(7)]]
