@@ -120,12 +120,13 @@ def score_targets(argv: Sequence[str], aligned: str | Path | None = None,
     """``./run.sh``'s target scoring: the inference stage (``-c configs/inference.yaml --set ...``,
     ``observer.inference.main``). With ``aligned`` (the run aligned photos there), the targets
     are the photos of ``target_entries(aligned, target_dataset, calibration_ids)``, written under
-    their original names with their flags; else the stage reads ``target_dataset`` itself. Out:
+    their original names with their flags; else the stage reads ``target_dataset`` as aligned faces
+    (a warning when they do not look aligned, as before). Out:
     the count per flag."""
     from observer.inference import main
 
     if not aligned:
-        return main(list(argv))
+        return main(list(argv), mode="aligned")
     return main(list(argv), lambda target: (Path(aligned), target_entries(aligned, target, calibration_ids),
                                             f"photos aligned in {aligned}", None))
 

@@ -420,12 +420,13 @@ def score_entries(fr: FRModel, record: Mapping, root: str | Path, entries: Seque
                   {f: flags.count(f) for f in FLAGS})
 
 
-def main(argv=None, read=None) -> dict[str, int]:
+def main(argv=None, read=None, mode: str = "faces") -> dict[str, int]:
     """Stage 3 (``froq score`` and ``./run.sh``'s targets): parse ``argv``, read the targets, score
     them, write the CSV (and embeddings) atomically with ``<out>.meta.json``.
 
     ``read(target_dataset)`` → ``read_folder``'s 4-tuple replaces reading ``target_dataset`` with
-    mode ``faces`` (run.sh: its aligned photos). Out: the count per flag."""
+    ``mode`` (run.sh: its aligned photos; its ``--target`` folder with mode ``aligned``, which warns
+    instead of refusing, as the labels and observer are already made). Out: the count per flag."""
     args = stage_parser(__doc__.splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
@@ -453,7 +454,7 @@ def main(argv=None, read=None) -> dict[str, int]:
         failures = FailureLog("inference")
         start = time.perf_counter()
         root, entries, how, check = (read(cfg["target_dataset"]) if read else read_folder(
-            fr, obs, cfg["target_dataset"], "faces", rels=paths, failures=failures))
+            fr, obs, cfg["target_dataset"], mode, rels=paths, failures=failures))
         scores = score_entries(fr, obs, root, entries, batch_size=cfg["batch_size"],
                                early_exit=cfg["early_exit"], embeddings=cfg["save_embeddings"],
                                num_workers=cfg["num_workers"], autocast=cfg["autocast"],
