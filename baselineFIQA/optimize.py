@@ -1,6 +1,7 @@
 """Optimised labels — the IWBF'23 label optimisation of initial quality scores (optional stage 1b).
 
     python baselineFIQA/optimize.py -c configs/label_optimisation.yaml [--set epsilon=0.01 ...]
+    froq optimize-labels -c configs/label_optimisation.yaml [--set ...]       # the same program
 
 Reads initial scores (a pseudo-labels CSV, or any ``path,<column>`` quality CSV whose paths are
 relative to ``dataset.path``), the FR embeddings of those images (computed here in one forward

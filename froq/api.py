@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from baselineFIQA.cache import cached_pseudo_labels, label_settings_key
 from baselineFIQA.labels import COLUMNS as LABEL_COLUMNS, compute_pseudo_labels
 from baselineFIQA.perturbations import default_mpx
 from face_recognition_model.loading import FRModel, load_fr_config
@@ -36,7 +37,8 @@ from froq.core.errors import FroqError
 from froq.core.images import FailureLog, load_rgb
 from froq.core.io import discard_partial, output_lock, read_csv, write_csv, write_json
 from froq.core.runner import RunResult
-from observer.inference import QualityObserver, check_same_model, froq_qualities, read_observer
+from froq.core.recordio import is_record_file
+from observer.inference import QualityObserver, check_same_model, read_folder, read_observer, score_entries
 from observer.initialization import initialize_observer, observer_file_record
 from observer.scale import percentile
 
@@ -54,9 +56,10 @@ class ScoreResult:
 
     paths: relative paths (folder input) or the positions ``"0", "1", ...`` (in-memory input);
     quality: (N,) float64, higher = better; embeddings: (N, D) float32 FR embeddings from the same
-    forward pass, or None; unreadable: ``(path, reason)`` of the images skipped (folders only);
-    percentile: (N,) the 0–100 scale of the observer's calibration set (same ranking), or None for
-    an observer file without one.
+    forward pass (NaN rows for images that could not be read), or None; unreadable: ``(path,
+    reason)`` of those images (folders only: they keep their row, at the lowest quality, as in
+    ``froq score``); percentile: (N,) the 0–100 scale of the observer's calibration set (same
+    ranking), or None for an observer file without one; flags: ``ok`` or ``unreadable`` per row.
     """
 
     paths: list[str]
@@ -64,6 +67,7 @@ class ScoreResult:
     embeddings: np.ndarray | None = None
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     percentile: np.ndarray | None = None
+    flags: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -139,32 +143,30 @@ class Observer:
               early_exit: bool = True, num_workers: int = 0) -> ScoreResult:
         """FROQ qualities of ``images`` (higher = better), optionally with the FR embeddings.
 
-        In: a folder of aligned faces (searched recursively, as the stages read it); or in memory:
-        a PIL image, an HxWx3 uint8 array, a list of those or of image file paths, a uint8 tensor
-        (B, 3, H, W) of RGB pixels, or a float tensor (B, 3, H, W) already preprocessed as the FR
-        config says. Out: ``ScoreResult`` (rows in input order).
+        In: a folder of aligned faces (searched recursively and checked as ``froq score`` does:
+        ``observer.inference.read_folder``, mode ``faces``) or a RecordIO ``train.rec``; or in
+        memory: a PIL image, an HxWx3 uint8 array, a list of those or of image file paths, a uint8
+        tensor (B, 3, H, W) of RGB pixels, or a float tensor (B, 3, H, W) already preprocessed as
+        the FR config says. Out: ``ScoreResult`` (rows in input order).
         """
-        if isinstance(images, (str, Path)) and Path(images).is_dir():
+        if isinstance(images, (str, Path)) and (Path(images).is_dir() or is_record_file(images)):
             failures = FailureLog("froq")
-            result = froq_qualities(self.fr, images, self.record, batch_size=batch_size,
-                                    early_exit=early_exit, save_embeddings=embeddings,
-                                    num_workers=num_workers, failures=failures)
-            return self._result(result.paths, result.values, embeddings, failures.items)
+            root, entries, _, _ = read_folder(self.fr, self.record, images, failures=failures)
+            s = score_entries(self.fr, self.record, root, entries, batch_size=batch_size,
+                              early_exit=early_exit, embeddings=embeddings, num_workers=num_workers,
+                              failures=failures)
+            return ScoreResult(s.paths, s.quality, s.embeddings.astype(np.float32) if embeddings else None,
+                               failures.items, s.percentile, s.flags)
         batch = self.model_inputs(images)
         rows = []
         with QualityObserver(self.fr, self.record, early_exit=early_exit, embeddings=embeddings) as observe:
             for chunk in torch.split(batch, batch_size):
                 rows.append(observe(chunk))
         values = np.concatenate(rows) if rows else np.zeros((0, 1))
-        return self._result([str(i) for i in range(len(values))], values, embeddings, [])
-
-    def _result(self, paths, values: np.ndarray, embeddings: bool, unreadable) -> ScoreResult:
-        scale = self.record.get("scale")
-        quality = values[:, 0].copy()
-        return ScoreResult(paths=list(paths), quality=quality,
-                           embeddings=values[:, 1:].astype(np.float32) if embeddings else None,
-                           unreadable=list(unreadable),
-                           percentile=percentile(quality, scale) if scale else None)
+        scale, quality = self.record.get("scale"), values[:, 0].copy()
+        return ScoreResult([str(i) for i in range(len(values))], quality,
+                           values[:, 1:].astype(np.float32) if embeddings else None, [],
+                           percentile(quality, scale) if scale else None, ["ok"] * len(values))
 
     def model_inputs(self, images: ImagesLike) -> torch.Tensor:
         """In-memory images (see ``score``) → a float batch (B, 3, H, W) as the FR model takes it."""
@@ -202,14 +204,21 @@ def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | tor
 
     In: an FR config path or ``FRModel``, the folder of aligned calibration faces, the constants
     (``mpx`` default: an 8×8 occlusion grid, 14 px on 112 px as the paper), and optionally ``save``
-    (the labels CSV, written as the stage writes it; resumable). Out: ``RunResult`` with columns
-    flip, noise, occlusion, quality (``.column("quality")``, ``.paths``).
+    (the labels CSV, written as the stage writes it; resumable). Finished labels of the same images,
+    model and settings are taken from the labels cache, and new ones put there, under the stage's
+    key (``baselineFIQA.cache``). Out: ``RunResult`` with columns flip, noise, occlusion, quality
+    (``.column("quality")``, ``.paths``).
     """
     fr = load_fr_model(fr_config, device)
+    mpx = mpx or default_mpx(min(fr.preprocess.size))
+    compute = lambda: compute_pseudo_labels(fr, folder, batch_size=batch_size, alphas=alphas,  # noqa: E731
+                                            mpx=mpx, seed=seed, noise_count=noise_count, resume_path=save)
     with output_lock(save) if save is not None else contextlib.nullcontext():
-        result = compute_pseudo_labels(fr, folder, batch_size=batch_size, alphas=alphas,
-                                       mpx=mpx or default_mpx(min(fr.preprocess.size)), seed=seed,
-                                       noise_count=noise_count, resume_path=save)
+        if is_record_file(folder):  # as the stage: no whole-folder cache for a RecordIO set
+            result = compute()
+        else:  # the paper's label options: the stage's options_key adds nothing to this key
+            key = label_settings_key(fr, alphas, noise_count, mpx, seed)
+            result, _ = cached_pseudo_labels(fr, folder, key, LABEL_COLUMNS[1:], compute)
         if save is not None:
             write_csv(save, LABEL_COLUMNS, result.rows())
             discard_partial(save)

@@ -1,6 +1,7 @@
 """The ``froq`` command: one entry point with a subcommand for every job.
 
     froq labels   -c configs/baseline.yaml  [--set key=value ...]   # stage 1: pseudo-labels
+    froq optimize-labels -c configs/label_optimisation.yaml [--set ...]  # stage 1b (optional): IWBF'23
     froq init     -c configs/init.yaml      [--set ...]             # stage 2: observer
     froq score    -c configs/inference.yaml [--set ...]             # stage 3: FROQ qualities
     froq score-photos OBSERVER.json PHOTOS [-o qualities.csv]       # photos -> qualities (saved observer)
@@ -26,6 +27,7 @@ from froq.core.cli import run_main
 # subcommand -> (module with main(argv), one-line description)
 COMMANDS = {
     "labels": ("baselineFIQA.main", "stage 1: pseudo-labels of a calibration set (auxiliary FIQA)"),
+    "optimize-labels": ("baselineFIQA.optimize", "stage 1b (optional): IWBF'23 optimisation of the labels"),
     "init": ("observer.initialization", "stage 2: observer initialisation (layer selection)"),
     "score": ("observer.inference", "stage 3: FROQ qualities of aligned faces"),
     "score-photos": ("froq.score_photos", "qualities of photos (aligned as needed) with a saved observer"),

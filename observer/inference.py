@@ -4,10 +4,14 @@
 
 Quality = mean L2 norm of the observer's selected layers (the paper), or for a FROQ+ observer the
 combination of its ``features`` (``observer.combination``); higher = better.
-Writes a CSV ``path,quality,percentile`` (paths relative to ``target_dataset``; ``percentile`` is
-the 0-100 scale of ``observer.scale``, same ranking) and, with
-``save_embeddings: true``, ``<outpath stem>.embeddings.npy`` + ``<outpath stem>.embeddings.csv``
-(the row order) from the same pass.
+Writes a CSV ``path,quality,percentile,flag`` (paths relative to ``target_dataset``; ``percentile``
+is the 0-100 scale of ``observer.scale``, same ranking; an unreadable image keeps its row at the
+lowest quality, flag ``unreadable``) and, with ``save_embeddings: true``,
+``<outpath stem>.embeddings.npy`` + ``<outpath stem>.embeddings.csv`` (the row order) from the same
+pass. The folder is checked as ``froq score-photos`` checks it (``read_folder``, mode ``faces``):
+photos (images not of the model's chip size) are refused with a pointer to ``froq score-photos``;
+chip-sized faces off the template's points are scored with a warning. ``froq score-photos``,
+``./run.sh`` and ``froq.Observer.score`` score through the same ``read_folder`` + ``score_entries``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,14 +28,16 @@ import numpy as np
 import torch
 
 from face_recognition_model.loading import FRModel, identity_difference
+from face_recognition_model.templates import AlignmentTemplate, template_from_record
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core import distributed
 from froq.core.images import FailureLog, read_image_list
-from froq.core.io import read_json, write_csv, write_npy
-from froq.core.runner import RunResult, finish_stage, run_images
+from froq.core.io import read_csv, read_json, write_csv, write_npy
+from froq.core.recordio import is_record_file
+from froq.core.runner import RunResult, finish_stage, open_source, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.combination import STANDARDISATIONS, combined_quality
@@ -226,8 +233,196 @@ def froq_qualities(fr: FRModel, root: str | Path, layers: Sequence[str] | Mappin
                           settings=key, failures=failures, desc="FROQ quality")
 
 
-def main(argv=None) -> None:
-    """Parse arguments, score the target folder, write the CSV (and embeddings) atomically."""
+# -- the one scoring path: which images, read how, scored, one row each with its flag ------------
+
+FLAGS = ("ok", "fallback", "no_face", "unreadable")
+#: quality of a face that could not be acquired: below every FROQ quality (mean of L2 norms >= 0)
+FAILURE_QUALITY = -1.0
+#: its percentile: faces score strictly inside (0, 100) (observer.scale), so 0 means "no face"
+FAILURE_PERCENTILE = 0.0
+#: how ``read_folder`` reads a folder: auto/align/aligned (``froq score-photos``), faces (the stage)
+MODES = ("auto", "align", "aligned", "faces")
+#: mode ``faces`` checks the sizes of this many evenly spaced images, not all (a header read is
+#: ~0.7 ms: a million-image folder would take minutes)
+FACES_SAMPLE = 1000
+
+
+@dataclass
+class PhotoEntry:
+    """One image to report: its original relative ``path``, the aligned face to score (``chip``,
+    relative to the scored folder; None when there is none) and the alignment ``flag``."""
+
+    path: str
+    chip: str | None
+    flag: str
+
+
+def entries_from_alignment(aligned: str | Path) -> list[PhotoEntry]:
+    """The photos of an ``align_folder`` output (its ``landmarks.csv``), in its order: chip = the
+    crop (None without one), flag = the alignment status."""
+    rows = read_csv(Path(aligned) / "landmarks.csv", ("path", "output", "status"))
+    return [PhotoEntry(r["path"], r["output"] or None, r["status"] if r["status"] in FLAGS else "unreadable")
+            for r in rows]
+
+
+def failure_quality(qualities: np.ndarray) -> float:
+    """The quality written for a face that could not be acquired: ``FAILURE_QUALITY`` (-1), or,
+    when an observer's qualities can be negative (FROQ+ standardised features), one less than the
+    floor of the lowest real quality of the output, so it stays below every face."""
+    if qualities.size and float(np.min(qualities)) <= FAILURE_QUALITY:
+        return float(np.floor(np.min(qualities))) - 1.0
+    return FAILURE_QUALITY
+
+
+def observer_template(fr: FRModel, record: Mapping) -> AlignmentTemplate | None:
+    """The alignment template of an observer: its record's ``alignment``, else its FR config's
+    (``alignment`` key or the template of ``preprocess.size``); None when neither names one."""
+    return template_from_record(record["alignment"]) if record.get("alignment") else fr.alignment()
+
+
+def read_folder(fr: FRModel, record: Mapping, folder: str | Path, mode: str = "faces", *,
+                rels: Sequence[str] | None = None, failures: FailureLog | None = None,
+                work: str | Path | None = None, select: str | None = None, fallback: str = "none",
+                align_workers: int = 1):
+    """The aligned-or-not decision: which images of ``folder`` to score, and from where.
+
+    In: the FR model and observer record, the folder (or an insightface ``train.rec``: aligned
+    by construction, never checked), ``mode`` (``MODES``), optionally the relative paths to read
+    (``rels``), the FailureLog that gets the names and folders that cannot be read and, for
+    aligning, the work folder, face choice, fallback and processes. The check
+    (``preparation.align.check_aligned``): every image has the template's size and, on a sample,
+    its landmarks lie at the template's points. ``auto``: aligned → as they are; other sizes →
+    aligned into ``work``; chip-sized faces off the points → refused. ``align``: always aligned.
+    ``aligned``: as they are, a warning when the check fails. ``faces`` (``froq score``,
+    ``Observer.score``): as ``aligned`` on ``FACES_SAMPLE`` images, but images not of the chip size
+    are refused (photos: use ``froq score-photos``). Out: (root to score, ``PhotoEntry`` list, how it was read, the check or
+    None)."""
+    from preparation.align import DEFAULT_SELECT, align_folder, check_aligned
+
+    if mode not in MODES:
+        raise FroqError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+    folder = Path(folder)
+    if not (folder.is_dir() or is_record_file(folder)):
+        raise FroqError(f"folder of images not found: {folder}")
+    rels = open_source(folder, rels, failures if failures is not None else FailureLog("images")).keys
+    as_is = [PhotoEntry(r, r, "ok") for r in rels]  # each image its own chip
+    if is_record_file(folder):
+        return folder, as_is, "RecordIO records, scored as they are", None
+    template, check = observer_template(fr, record), None
+    if template is None and mode in ("auto", "align"):
+        raise FroqError(f"{fr.arch}: its FR config names no alignment template: pass --aligned to "
+                        "score faces you aligned yourself, or add 'alignment' to its FR config")
+    if template is None and mode == "aligned":
+        log.warning("no alignment template for %s: cannot check that %s is aligned", fr.arch, folder)
+    if template is not None and mode != "align":
+        step = max(1, -(-len(rels) // FACES_SAMPLE)) if mode == "faces" else 1
+        check = check_aligned(folder, rels[::step], template)
+        log.info("alignment check: %s", check.describe())
+        total = sum(check.sizes.values())
+        if not check.aligned and mode == "auto" and total and check.matching == total:
+            raise FroqError(f"{folder}: {check.describe()}: the images have the chip size of "
+                            f"{template.name} but their faces are not where it puts them; pass "
+                            "--align to detect and align the faces, or --aligned to score them as they are")
+        if not check.aligned and mode == "faces" and check.matching < total:
+            raise FroqError(f"{folder}: {check.describe()}: photos, not faces aligned for "
+                            f"{template.name}: score them with 'froq score-photos OBSERVER {folder}' "
+                            "(it aligns them; --aligned scores them as they are)")
+        if not check.aligned and mode != "auto":
+            log.warning("%s does not look aligned for %s (%s): qualities of unaligned faces are "
+                        "not comparable to the calibration", folder, template.name, check.describe())
+    if mode in ("aligned", "faces") or check is not None and check.aligned:
+        return folder, as_is, "aligned faces, scored as they are", check
+    root = Path(work)
+    if root.resolve() == folder.resolve() or folder.resolve() in root.resolve().parents:
+        raise FroqError(f"the alignment folder {root} is inside {folder}: write the output "
+                        "elsewhere or pass --work DIR outside the photos")
+    summary = align_folder(folder, root, template, select or DEFAULT_SELECT, fallback, align_workers,
+                           progress=True)
+    how = f"photos aligned to {template.name} in {root} ({summary['detected']} detected now)"
+    return root, entries_from_alignment(root), how, check
+
+
+@dataclass
+class Scores:
+    """Qualities of a list of ``PhotoEntry``: one row each, under its original path, in order.
+
+    quality: failures at ``failure_quality``; percentile: failures at ``FAILURE_PERCENTILE`` (None
+    for an observer without a calibration scale); flags: ``FLAGS``; labels: a RecordIO set's
+    identity labels (else None); embeddings: (N, D) of the same pass (NaN rows for failures) or
+    None; scored: which rows were scored; counts: rows per flag."""
+
+    paths: list[str]
+    quality: np.ndarray
+    percentile: np.ndarray | None
+    flags: list[str]
+    labels: np.ndarray | None
+    embeddings: np.ndarray | None
+    scored: np.ndarray
+    counts: dict[str, int]
+
+    def write(self, out: str | Path, embeddings_stem: str | Path | None = None) -> None:
+        """Write ``out`` (``path,[label,]quality[,percentile],flag``) atomically, and with
+        ``embeddings_stem`` the scored rows' embeddings (``<stem>.embeddings.npy`` + ``.csv``)."""
+        cols = [("path", self.paths)]
+        if self.labels is not None:
+            cols.append(("label", [v if ok else "" for v, ok in zip(self.labels.tolist(), self.scored)]))
+        cols.append(("quality", self.quality.tolist()))
+        if self.percentile is not None:
+            cols.append(("percentile", self.percentile.tolist()))
+        write_csv(out, [name for name, _ in cols + [("flag", 0)]],
+                  zip(*(values for _, values in cols), self.flags))
+        if embeddings_stem is not None:
+            write_npy(f"{embeddings_stem}.embeddings.npy", self.embeddings[self.scored].astype(np.float32))
+            write_csv(f"{embeddings_stem}.embeddings.csv", ["row", "path"],
+                      enumerate(p for p, ok in zip(self.paths, self.scored) if ok))
+        failed = self.counts["no_face"] + self.counts["unreadable"]
+        if failed:
+            log.warning("%d image(s) without a face or unreadable: the lowest quality (%s) and their "
+                        "flag in %s", failed, self.quality[~self.scored].min(), out)
+
+
+def score_entries(fr: FRModel, record: Mapping, root: str | Path, entries: Sequence[PhotoEntry], *,
+                  batch_size: int = 32, num_workers: int = 0, early_exit: bool = True,
+                  autocast: bool = True, embeddings: bool = False,
+                  resume_path: str | Path | None = None, failures: FailureLog | None = None) -> Scores:
+    """Score the chips of ``entries`` (relative to ``root``) with the observer ``record`` on ``fr``
+    (``froq_qualities``; resumable through ``<resume_path>.partial``). Out: ``Scores``, one row per
+    entry; a chip that cannot be read now is flagged ``unreadable``."""
+    chips = [e.chip for e in entries if e.chip]
+    result = froq_qualities(fr, root, record, batch_size=batch_size, paths=chips, early_exit=early_exit,
+                            save_embeddings=embeddings, num_workers=num_workers, autocast=autocast,
+                            resume_path=resume_path, failures=failures) if chips else None
+    columns = result.columns if result is not None else ["quality"]
+    where = {p: i for i, p in enumerate(result.paths)} if result is not None else {}
+    at = np.array([where.get(e.chip, -1) if e.chip else -1 for e in entries], dtype=np.int64)
+    scored = at >= 0
+    values = np.full((len(entries), len(columns)), np.nan)
+    if result is not None:
+        values[scored] = result.values[at[scored]]
+    first = columns.index("quality")
+    quality = np.where(scored, values[:, first], failure_quality(values[scored, first]))
+    scale = record.get("scale")
+    pct = np.full(len(entries), FAILURE_PERCENTILE) if scale else None
+    if scale and scored.any():
+        pct[scored] = percentile(quality[scored], scale)
+    if not scale:
+        log.warning("the observer has no calibration scale (made before it existed): no percentile "
+                    "column; re-run observer initialisation to get one")
+    flags = [e.flag if ok else ("unreadable" if e.flag in ("ok", "fallback") else e.flag)
+             for e, ok in zip(entries, scored)]
+    return Scores([e.path for e in entries], quality, pct, flags,
+                  values[:, 0] if "label" in columns else None,
+                  values[:, first + 1:] if embeddings else None, scored,
+                  {f: flags.count(f) for f in FLAGS})
+
+
+def main(argv=None, read=None, mode: str = "faces") -> dict[str, int]:
+    """Stage 3 (``froq score`` and ``./run.sh``'s targets): parse ``argv``, read the targets, score
+    them, write the CSV (and embeddings) atomically with ``<out>.meta.json``.
+
+    ``read(target_dataset)`` → ``read_folder``'s 4-tuple replaces reading ``target_dataset`` with
+    ``mode`` (run.sh: its aligned photos; its ``--target`` folder with mode ``aligned``, which warns
+    instead of refusing, as the labels and observer are already made). Out: the count per flag."""
     args = stage_parser(__doc__.splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
@@ -254,33 +449,28 @@ def main(argv=None) -> None:
     with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog("inference")
         start = time.perf_counter()
-        result = froq_qualities(
-            fr, cfg["target_dataset"], obs, batch_size=cfg["batch_size"], paths=paths,
-            early_exit=cfg["early_exit"], save_embeddings=cfg["save_embeddings"],
-            num_workers=cfg["num_workers"], autocast=cfg["autocast"], resume_path=out, failures=failures)
+        root, entries, how, check = (read(cfg["target_dataset"]) if read else read_folder(
+            fr, obs, cfg["target_dataset"], mode, rels=paths, failures=failures))
+        scores = score_entries(fr, obs, root, entries, batch_size=cfg["batch_size"],
+                               early_exit=cfg["early_exit"], embeddings=cfg["save_embeddings"],
+                               num_workers=cfg["num_workers"], autocast=cfg["autocast"],
+                               resume_path=out, failures=failures)
         if not rank.main:  # under torchrun, rank 0 writes the merged output
-            return
-        quality = result.column("quality")
-        # a RecordIO set keeps each record's identity label
-        lead = [("label", result.column("label").tolist())] if "label" in result.columns else []
-        if obs.get("scale"):  # the readable 0-100 scale of the observer's calibration set
-            cols = [*lead, ("quality", quality.tolist()), ("percentile", percentile(quality, obs["scale"]).tolist())]
-        else:
-            log.warning("%s has no calibration scale (made before it existed): no percentile "
-                        "column; re-run observer initialisation to get one", cfg["observer_data"])
-            cols = [*lead, ("quality", quality.tolist())]
-        write_csv(out, ["path", *(name for name, _ in cols)], zip(result.paths, *(v for _, v in cols)))
-        extra = ""
-        if cfg["save_embeddings"]:
-            first = result.columns.index("quality") + 1
-            write_npy(f"{stem}.embeddings.npy", result.values[:, first:].astype(np.float32))
-            write_csv(f"{stem}.embeddings.csv", ["row", "path"], enumerate(result.paths))
-            extra = f"; embeddings: {stem}.embeddings.npy"
-        finish_stage(out, "inference", label="qualities", images=len(result), failures=failures,
+            return scores.counts
+        scores.write(out, stem if cfg["save_embeddings"] else None)
+        template = observer_template(fr, obs)
+        flags = ", ".join(f"{n} {f}" for f, n in scores.counts.items() if n)
+        extra = f"; flags: {flags}" + (f"; embeddings: {stem}.embeddings.npy" if cfg["save_embeddings"] else "")
+        finish_stage(out, "inference", label="qualities", images=int(scores.scored.sum()), failures=failures,
                      started=start, extra=extra,
                      meta={"model": fr.identity(), "observer": cfg["observer_data"],
                            "selected_layers": obs["selected_layers"], "config": public(cfg),
-                           **({"variant": obs.get("variant", "plus")} if "features" in obs else {})})
+                           **({"variant": obs.get("variant", "plus")} if "features" in obs else {}),
+                           "alignment": template.record() if template else None, "read_as": how,
+                           "check": check.describe() if check else None, "counts": scores.counts,
+                           "failure_quality": FAILURE_QUALITY})
+    return scores.counts
+
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

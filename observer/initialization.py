@@ -23,10 +23,10 @@ from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, load_config, positive_int, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
-from froq.core.images import FailureLog, list_images
+from froq.core.images import FailureLog, read_image_list
 from froq.core import distributed
 from froq.core.io import read_json, read_quality_csv, write_json
-from froq.core.runner import finish_stage, run_images
+from froq.core.runner import finish_stage, open_source, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.hooks import NormRecorder, check_statistics, observable_layers
@@ -41,7 +41,9 @@ log = logging.getLogger("observer.init")
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config"),
-    "dataset.path": Key("path", help="folder of aligned calibration faces (the labelled ones)"),
+    "dataset.path": Key("path", help="folder of aligned calibration faces (the labelled ones), or an insightface train.rec"),
+    "dataset.list": Key("path", default=None,
+                        help="text file of image paths relative to dataset.path, one a line (instead of walking the folder)"),
     "dataset.batch_size": Key(positive_int, default=32),
     "label_location": Key("path", help="pseudo-label CSV written by baselineFIQA/main.py"),
     "label_column": Key("str", default="quality", help="which column of the label CSV to use"),
@@ -107,18 +109,22 @@ def is_paper(options: Mapping | None) -> bool:
     return options is None or dict(options) == VARIANTS["paper"]
 
 
-def match_labels(root: str | Path, labels: dict[str, float], label_file: str) -> list[str]:
-    """Relative paths of images that are both in the folder and in the label file (folder order).
+def match_labels(root: str | Path, labels: dict[str, float], label_file: str,
+                 paths: Sequence[str] | None = None) -> list[str]:
+    """Keys of the images that are both in ``root`` and in the label file (in ``root``'s order).
 
-    Warns about images without a label and labels without an image; FroqError when fewer than
-    three images remain (Spearman needs at least three).
+    In: the folder (its images, or the listed relative ``paths``) or a RecordIO ``train.rec`` (keys:
+    record indices), the labels by key, the label file's name. Warns about images without a label
+    and labels without an image; FroqError when fewer than three images remain (Spearman needs at
+    least three).
     """
-    on_disk = list_images(root)
+    on_disk = open_source(root, paths, FailureLog("observer init")).keys
     if not on_disk:
         raise FroqError(f"{root}: no images found (.jpg .jpeg .png .bmp .webp, searched recursively)")
     in_both = [p for p in on_disk if p in labels]
     unlabelled = len(on_disk) - len(in_both)
-    missing = [p for p in labels if p not in set(on_disk)]
+    disk = set(on_disk)
+    missing = [p for p in labels if p not in disk]
     if unlabelled:
         example = next(p for p in on_disk if p not in labels)
         log.warning("%d of %d images in %s have no label in %s (e.g. %s); they are left out",
@@ -166,7 +172,8 @@ def collect_statistics(fr: FRModel, root: str | Path, paths: Sequence[str],
                             batch_size=batch_size, paths=paths, num_workers=num_workers,
                             resume_path=resume_path, settings=key, failures=failures,
                             desc="observer init", allow_empty=True)
-    values = result.values.reshape(len(result.paths), len(layers), len(statistics))
+    values = result.values[:, -len(columns):]  # a RecordIO set's first column is the label
+    values = values.reshape(len(result.paths), len(layers), len(statistics))
     return layers, result.paths, values
 
 
@@ -301,12 +308,15 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
                         num_workers: int = 0, autocast: bool = True,
                         resume_path: str | Path | None = None,
                         failures: FailureLog | None = None, options: Mapping | None = None,
-                        cv_folds: int = 5, seed: int = 0, allow_foreign_labels: bool = False) -> dict:
+                        cv_folds: int = 5, seed: int = 0, paths: Sequence[str] | None = None,
+                        allow_foreign_labels: bool = False) -> dict:
     """Whole stage as a function: labels + folder → selection record (plus ``images`` count).
 
     In: FR model, calibration folder, the pseudo-labels — a CSV (``path`` + ``label_column``) or a
     mapping ``{relative path: label}`` — and settings; ``options`` (``resolve_options``; None =
-    the paper), ``cv_folds`` and ``seed`` for FROQ+; ``allow_foreign_labels`` (``check_labels_model``).
+    the paper), ``cv_folds`` and ``seed`` for FROQ+; ``paths``: only these images of the folder
+    (``dataset.list``). ``root`` may be a RecordIO ``train.rec`` (labels keyed by record index).
+    ``allow_foreign_labels``: see ``check_labels_model``.
     Out: the dict of ``select_layers`` (paper) or ``select_features`` (other options, with
     ``variant``-independent ``options`` recorded) with ``images`` and ``scale`` added, and
     ``foreign_labels`` when labels of another FR model were allowed.
@@ -321,7 +331,7 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
                             "(python baselineFIQA/main.py) or fix label_location")
         foreign = check_labels_model(label_file, fr, allow_foreign_labels)
         labels = read_quality_csv(label_file, column=label_column)
-    paths = match_labels(root, labels, str(label_file))
+    paths = match_labels(root, labels, str(label_file), paths)
     bad = [p for p in paths if not np.isfinite(labels[p])]
     if bad:
         raise FroqError(f"{label_file}: {len(bad)} label(s) in column '{label_column}' are not finite "
@@ -421,6 +431,7 @@ def main(argv=None) -> None:
                                      label_column=cfg["label_column"], num_workers=cfg["num_workers"],
                                      autocast=cfg["autocast"], resume_path=out, failures=failures,
                                      options=options, cv_folds=cfg["cv_folds"], seed=cfg["seed"],
+                                     paths=read_image_list(cfg["dataset"]["list"]) if cfg["dataset"].get("list") else None,
                                      allow_foreign_labels=cfg["allow_foreign_labels"])
         if not is_paper(options):
             record = {"variant": cfg["variant"], **record}

@@ -12,7 +12,7 @@ from conftest import REPO
 from froq.commands import COMMANDS, main
 
 STAGES = {"labels": "dataset.mpx", "init": "top_n", "score": "observer_data",
-          "evaluate": "discard_limit"}
+          "evaluate": "discard_limit", "optimize-labels": "epsilon"}
 
 
 def run_froq(*args: str) -> subprocess.CompletedProcess:
@@ -23,11 +23,11 @@ def run_froq(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_job():
     proc = run_froq("--help")
     assert proc.returncode == 0
-    for name in ("labels", "init", "score", "score-photos", "methods", "evaluate", "align",
-                 "build-calibration", "run", "table"):
+    names = {"labels", "optimize-labels", "init", "score", "score-photos", "methods", "evaluate",
+             "align", "build-calibration", "run", "table"}
+    for name in names:
         assert f"  {name} " in proc.stdout, name
-    assert set(COMMANDS) == {"labels", "init", "score", "score-photos", "methods", "evaluate", "align",
-                             "build-calibration", "run", "table"}
+    assert set(COMMANDS) == names
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -82,3 +82,15 @@ def test_flag_style_commands_take_a_config_file_and_set(tmp_path, capsys):
     assert "unknown key 'variant' (did you mean 'variants'?)" in capsys.readouterr().err
     assert main(["align", "--set", "template=nope", "--input", str(src), "--output", str(tmp_path / "a")]) == 2
     assert "template: must be one of" in capsys.readouterr().err
+
+
+def test_optimize_labels_is_the_stage_script(tmp_path, capsys):
+    """``froq optimize-labels`` runs baselineFIQA/optimize.py: its keys, its one-line errors."""
+    cfg = REPO / "configs" / "label_optimisation.yaml"
+    assert main(["optimize-labels", "-c", str(cfg), "--set", "epsilon=-1",
+                 "--set", f"outpath={tmp_path / 'o.csv'}"]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: epsilon=-1.0: must be in (0, 1] (published: 0.001)"]
+    assert main(["optimize-labels", "-c", str(cfg), "--set", "epsilon=0.01",
+                 "--set", f"label_location={tmp_path / 'none.csv'}", "--set", f"outpath={tmp_path / 'o.csv'}"]) == 2
+    assert "none.csv" in capsys.readouterr().err

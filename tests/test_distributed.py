@@ -185,7 +185,7 @@ def test_a_record_set_scores_like_the_same_images_in_a_folder(faces, one_process
     run_here([argv])
     rows = (tmp_path / "qualities.csv").read_text().splitlines()
     folder = (one_process / "qualities.csv").read_text().splitlines()
-    assert rows[0] == "path,label,quality,percentile" and len(rows) == len(folder)
+    assert rows[0] == "path,label,quality,percentile,flag" and len(rows) == len(folder)
     for k, (mine, theirs) in enumerate(zip(rows[1:], folder[1:])):
         key, label, rest = mine.split(",", 2)
         assert key == str(k + 1) and float(label) == float(rels[k][2])

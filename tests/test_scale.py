@@ -60,10 +60,10 @@ def test_inference_and_api_write_the_scale_with_the_same_ranking(tmp_path, capsy
             return list(csv.DictReader(fh))
 
     rows = infer(tmp_path / "obs.json", tmp_path / "q.csv")
-    assert list(rows[0]) == ["path", "quality", "percentile"]
+    assert list(rows[0]) == ["path", "quality", "percentile", "flag"]
     np.testing.assert_allclose([float(r["percentile"]) for r in rows], res.percentile, rtol=1e-6)
     del record["scale"]  # an observer file from before the scale: no column, a warning
     (tmp_path / "old.json").write_text(json.dumps(record))
     assert froq.api.Observer(tiny_fr(), record).score(tmp_path / "others").percentile is None
-    assert list(infer(tmp_path / "old.json", tmp_path / "q_old.csv")[0]) == ["path", "quality"]
+    assert list(infer(tmp_path / "old.json", tmp_path / "q_old.csv")[0]) == ["path", "quality", "flag"]
     assert "has no calibration scale" in capsys.readouterr().err

@@ -25,8 +25,8 @@ from face_recognition_model.templates import NAMED, template_from_config, templa
 from froq.core.cli import run_main
 from froq.core.errors import FroqError
 from froq.core.images import Preprocess
-from froq.score_photos import (FAILURE_PERCENTILE, FAILURE_QUALITY, PhotoEntry, main as score_main,
-                               score_photos, target_entries)
+from froq.score_photos import main as score_main, score_photos, target_entries
+from observer.inference import FAILURE_PERCENTILE, FAILURE_QUALITY, PhotoEntry
 from observer.scale import scale_record
 
 LFW_SAMPLES = ["Aaron_Pena/Aaron_Pena_0001.jpg", "Abdullah/Abdullah_0002.jpg",
@@ -226,16 +226,15 @@ def test_failure_quality_stays_below_negative_froq_plus_qualities(tmp_path, monk
     """FROQ+ (standardised features) can score faces below -1: a failed face must still be lowest."""
     from types import SimpleNamespace
 
-    from froq.score_photos import failure_quality, score_entries
+    from observer.inference import failure_quality, score_entries
 
     assert failure_quality(np.array([3.2, 12.0])) == FAILURE_QUALITY
     assert failure_quality(np.array([])) == FAILURE_QUALITY
     low = failure_quality(np.array([-2.4, 0.7]))
     assert low < -2.4 and low == -4.0
     # and the output takes it: a face scored -2.4 (stand-in for the observer's pass), one without a face
-    scored = SimpleNamespace(paths=["a.png"], column=lambda _name: np.array([-2.4]))
+    scored = SimpleNamespace(paths=["a.png"], columns=["quality"], values=np.array([[-2.4]]))
     monkeypatch.setattr("observer.inference.froq_qualities", lambda *a, **k: scored)
-    observer = SimpleNamespace(fr=None, layers=[], record={}, source="observer.json")
-    score_entries(observer, tmp_path, [PhotoEntry("a.jpg", "a.png", "ok"), PhotoEntry("b.jpg", None, "no_face")],
-                  tmp_path / "q.csv")
+    scores = score_entries(None, {}, tmp_path, [PhotoEntry("a.jpg", "a.png", "ok"), PhotoEntry("b.jpg", None, "no_face")])
+    scores.write(tmp_path / "q.csv")
     assert [float(r["quality"]) for r in read_rows(tmp_path / "q.csv")] == [-2.4, -4.0]

@@ -222,13 +222,16 @@ def test_init_leaves_out_unlabelled_and_lists_nothing_unreadable(pipeline):
     assert not (pipeline["out"] / "observer.json.partial").exists()
 
 
-def test_inference_skips_unreadable_and_scores_the_rest(pipeline):
+def test_inference_flags_unreadable_and_scores_the_rest(pipeline):
+    """As ``froq score-photos``: an unreadable image keeps its row at the lowest quality."""
     rc, stdout, stderr = pipeline["inference"]
     assert rc == 0, stderr
     out = pipeline["out"]
-    rows = read_rows(out / "q.csv")
-    assert [r["path"] for r in rows] == sorted(READABLE)
-    assert all(math.isfinite(float(r["quality"])) and float(r["quality"]) > 0 for r in rows)
+    rows = {r["path"]: r for r in read_rows(out / "q.csv")}
+    assert list(rows) == sorted(READABLE + list(BROKEN))
+    assert all(math.isfinite(float(rows[p]["quality"])) and float(rows[p]["quality"]) > 0
+               and rows[p]["flag"] == "ok" for p in READABLE)
+    assert all(float(rows[p]["quality"]) == -1 and rows[p]["flag"] == "unreadable" for p in BROKEN)
     meta = json.loads((out / "q.meta.json").read_text())
     assert meta["images"] == len(READABLE)
     assert sorted(u["path"] for u in meta["unreadable"]) == sorted(BROKEN)
