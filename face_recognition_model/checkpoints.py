@@ -36,12 +36,21 @@ def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, tor
     return obj
 
 
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """State dict → a copy with ``prefix`` removed from every key when every key has it (e.g. the
+    ``module.`` of a DataParallel checkpoint), else unchanged."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
 def load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
-                  ignore_prefixes: tuple[str, ...] = ()) -> None:
+                  ignore_prefixes: tuple[str, ...] = (), expected: str = "") -> None:
     """Copy ``state`` into ``model`` requiring identical keys and shapes.
 
     Keys starting with any of ``ignore_prefixes`` are dropped first. On any mismatch raises
-    FroqError naming ``source`` and the first few missing / unexpected / wrongly shaped keys.
+    FroqError naming ``source``, the first few missing / unexpected / wrongly shaped keys and
+    (when given) ``expected``, what the model wants.
     """
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     own = model.state_dict()
@@ -57,5 +66,6 @@ def load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sou
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if shape:
             parts.append(f"{len(shape)} wrong shape (e.g. {'; '.join(shape[:3])})")
-        raise FroqError(f"{source}: checkpoint does not match the architecture: " + "; ".join(parts))
+        raise FroqError(f"{source}: checkpoint does not match the architecture: " + "; ".join(parts)
+                        + (f" — expected {expected}" if expected else ""))
     model.load_state_dict(dict(state), strict=True)

@@ -21,17 +21,15 @@ Input (ArcFace and CR-FIQA): RGB, 112x112, ``(pixel/255 - 0.5) / 0.5``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from face_recognition_model.checkpoints import load_matching, read_checkpoint
+from face_recognition_model.checkpoints import load_matching, read_checkpoint, strip_prefix
 from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
 
-log = logging.getLogger(__name__)
 
 ARCFACE_SOURCE = ("https://github.com/deepinsight/insightface/tree/master/model_zoo "
                   "(arcface_torch backbone.pth, e.g. ms1mv3_arcface_r100_fp16)")
@@ -192,11 +190,7 @@ def _load(model: nn.Module, weights: str | None, hint: str) -> nn.Module:
     A uniform ``module.`` prefix (a checkpoint saved from DataParallel) is removed first.
     """
     if weights is not None:
-        state = dict(read_checkpoint(weights, hint=hint))
-        if state and all(k.startswith("module.") for k in state):
-            log.info("%s: removing the 'module.' prefix of every key (DataParallel checkpoint)", weights)
-            state = {k[len("module."):]: v for k, v in state.items()}
-        load_matching(model, state, source=str(weights))
+        load_matching(model, strip_prefix(read_checkpoint(weights, hint=hint), "module."), source=str(weights))
     return model.eval()
 
 
