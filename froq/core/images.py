@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
@@ -86,6 +86,12 @@ def list_images(root: str | os.PathLike, failures: "FailureLog | None" = None) -
         raise FroqError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}: "
                         "point the config at a folder of aligned face images")
     return found
+
+
+def identity_of(rel: str) -> str:
+    """The identity of an image = its parent folder (relative, POSIX; '' at the top level)."""
+    parent = PurePosixPath(rel).parent.as_posix()
+    return "" if parent == "." else parent
 
 
 def read_image_list(list_file: str | os.PathLike) -> list[str]:
