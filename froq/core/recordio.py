@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
 _WORDS = struct.Struct("<II")
+_MAGIC_BYTES = struct.pack("<I", MAGIC)  # the word a payload is split at (and re-joined with)
 _HEADER = struct.Struct("<IfQQ")
 _LENGTH_MASK = (1 << 29) - 1
 MAX_PARTS = 1 << 16  # a record split into more parts than this is corrupt
@@ -116,7 +117,7 @@ def read_payload(fh, offset: int, where: str) -> bytes:
         if cflag not in expected:
             raise ValueError(f"{where}: record part flag {cflag} out of sequence (corrupt .rec)")
         if part:
-            chunks.append(_WORDS.pack(MAGIC, 0)[:4])
+            chunks.append(_MAGIC_BYTES)
         chunks.append(data)
         if cflag in (0, 3):
             return b"".join(chunks)
@@ -262,8 +263,7 @@ def write_records(rec: str | os.PathLike, records: Sequence[tuple[int, float, by
 
 
 def _write_payload(fh, payload: bytes) -> None:
-    magic = _WORDS.pack(MAGIC, 0)[:4]
-    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == magic]
+    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == _MAGIC_BYTES]
     pieces, start = [], 0
     for cut in cuts:
         pieces.append(payload[start:cut])
