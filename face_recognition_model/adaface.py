@@ -179,8 +179,11 @@ def adaface_state_dict(obj: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return strip_prefix({k: v for k, v in obj.items() if not k.startswith("head.")}, "model.")
 
 
-def build(num_layers: int, se: bool, weights: str | None) -> AdaFaceBackbone:
-    """AdaFace IR(-SE)-``num_layers``; ``weights`` = a Lightning ``.ckpt`` or a plain state dict."""
+def build(num_layers: int, se: bool, weights: str | None = None, **kwargs) -> AdaFaceBackbone:
+    """AdaFace IR(-SE)-``num_layers``; ``weights`` = a Lightning ``.ckpt`` or a plain state dict, or
+    None (random init). Out: eval-mode model; TypeError for any option (AdaFace has none)."""
+    if kwargs:
+        raise TypeError(f"unexpected AdaFace options: {', '.join(kwargs)}")
     model = AdaFaceBackbone(num_layers, se=se)
     if weights is not None:
         state = adaface_state_dict(read_checkpoint(weights, WEIGHTS_HINT))
@@ -188,16 +191,7 @@ def build(num_layers: int, se: bool, weights: str | None) -> AdaFaceBackbone:
     return model.eval()
 
 
-def _builder(num_layers: int, se: bool):
-    def fn(weights: str | None = None, **kwargs) -> AdaFaceBackbone:
-        if kwargs:
-            raise TypeError(f"unexpected AdaFace options: {', '.join(kwargs)}")
-        return build(num_layers, se, weights)
-    fn.__name__ = f"build_ir_{'se_' if se else ''}{num_layers}"
-    fn.__doc__ = f"Build AdaFace IR{'-SE' if se else ''}-{num_layers}; ``weights``: checkpoint path or None (random)."
-    return fn
-
-
+# the registry's builders build_ir_<n> and build_ir_se_<n>
 for _n in _STAGES:
-    globals()[f"build_ir_{_n}"] = _builder(_n, False)
-    globals()[f"build_ir_se_{_n}"] = _builder(_n, True)
+    globals()[f"build_ir_{_n}"] = partial(build, _n, False)
+    globals()[f"build_ir_se_{_n}"] = partial(build, _n, True)
