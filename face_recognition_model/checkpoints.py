@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 
 
 def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, torch.Tensor]:
@@ -24,9 +24,8 @@ def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, tor
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FroqError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                        f"({first[:200]})") from None
+                        f"({first_line(exc)})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,7 @@ class ImageFolder(torch.utils.data.Dataset):
                 tensor = self.preprocess.normalize(tensor)
             return index, tensor, None
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return index, None, reason
+            return index, None, first_line(exc, limit=None)
 
 
 @dataclass

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 from froq.core.images import Preprocess, decode_rgb
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,7 @@ class RecordDataset(torch.utils.data.Dataset):
                 tensor = self.preprocess.normalize(tensor)
             return index, tensor, None
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return index, None, reason
+            return index, None, first_line(exc, limit=None)
 
 
 def write_records(rec: str | os.PathLike, records: Sequence[tuple[int, float, bytes]],
