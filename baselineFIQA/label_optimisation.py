@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import PurePosixPath
 from typing import Sequence
 
 import numpy as np
 
 from froq.core.errors import FroqError
+from froq.core.images import identity_of
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,6 @@ class OptimisationResult:
     mean_rank: np.ndarray
     held_pairs: np.ndarray
     summary: dict
-
-
-def identity_of(rel: str) -> str:
-    """The identity of an image = its parent folder (relative, POSIX; '' at the top level), as the
-    calibration builder and ``preparation.split`` define it."""
-    parent = PurePosixPath(rel).parent.as_posix()
-    return "" if parent == "." else parent
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -197,17 +190,15 @@ def one_draw(rank: np.ndarray, unit: np.ndarray, pairs: np.ndarray, settings: Op
              ) -> tuple[np.ndarray, np.ndarray]:
     """One draw of steps 3–4: the new ranks r' (N,) and the pairs each image holds (N,)."""
     n = len(rank)
-    new = rank.astype(np.float64)
-    held = np.zeros(n, dtype=np.int64)
+    r = rank.astype(np.float64)
     if len(pairs) == 0:
-        return new, held
+        return r, np.zeros(n, dtype=np.int64)
     sim = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
     position = np.empty(len(pairs), dtype=np.float64)
     position[np.argsort(sim, kind="stable")] = np.arange(len(pairs))
     lower = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
     total = np.bincount(lower, weights=position, minlength=n)
     held = np.bincount(lower, minlength=n)
-    r = rank.astype(np.float64)
     if settings.positions == "fraction":
         r = r / max(n - 1, 1)
         total = total / max(len(pairs) - 1, 1)

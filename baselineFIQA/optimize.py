@@ -14,7 +14,6 @@ rerun with another ε can take them with ``--set embeddings=<stem>.embeddings.np
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ from froq.core.io import (discard_partial, output_lock, read_csv, read_quality_c
 from froq.core.runner import RunResult, finish_stage, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 
-log = logging.getLogger("baselineFIQA.optimize")
 
 COLUMNS = ("path", "quality", "initial_quality", "initial_rank", "mean_rank", "held_pairs")
 
@@ -155,7 +153,8 @@ def main(argv=None) -> None:
                                   num_workers=cfg["num_workers"], autocast=cfg["autocast"],
                                   resume_path=f"{stem}.embeddings.csv", failures=failures)
             if len(result) != len(paths):
-                lost = [p for p in paths if p not in set(result.paths)]
+                readable = set(result.paths)
+                lost = [p for p in paths if p not in readable]
                 raise FroqError(f"{cfg['label_location']}: {len(lost)} labelled image(s) cannot be read, "
                                 f"e.g. {lost[0]!r} ({failures.items[0][1] if failures.items else 'unreadable'}): "
                                 "fix or remove their rows")

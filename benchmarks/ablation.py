@@ -224,7 +224,7 @@ def paired_table(paired: dict, reference: str) -> str:
     """Markdown: per variant and benchmark, the relative pAUC reduction against ``reference``."""
     benches = list(paired)
     names = list(dict.fromkeys(n for b in benches for n in paired[b]))
-    lines = [f"| variant | " + " | ".join(f"{b}: 1 − pAUC/pAUC({reference}) [95 % CI] (share of "
+    lines = ["| variant | " + " | ".join(f"{b}: 1 − pAUC/pAUC({reference}) [95 % CI] (share of "
                                             "resamples better)" for b in benches) + " |",
              "|---|" + ":---:|" * len(benches)]
     for n in names:

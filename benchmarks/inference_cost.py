@@ -21,7 +21,6 @@ if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == _HERE:
     # sys.path, so that ``benchmarks.pipeline`` is importable
     sys.path[0] = str(_HERE.parent)
 
-import logging  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -36,7 +35,6 @@ from froq.core.stage import COMMON_KEYS  # noqa: E402
 from observer.hooks import observable_layers  # noqa: E402
 from observer.inference import QualityObserver, observer_plan, read_observer  # noqa: E402
 
-log = logging.getLogger("benchmarks.inference_cost")
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config"),

@@ -31,7 +31,6 @@ without an extra forward pass per variant.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -45,6 +44,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from baselineFIQA.label_optimisation import OptimisationSettings, optimise_labels  # noqa: E402
+from benchmarks.calibration_size import cached_norms  # noqa: E402
 from froq.core.io import atomic_open, read_csv, read_json, write_csv, write_json  # noqa: E402
 
 log = logging.getLogger("label_variants")
@@ -98,20 +98,6 @@ def cached(work: Path, name: str, compute) -> tuple[list[str], np.ndarray]:
         np.save(fh, values, allow_pickle=False)
     write_csv(index, ["path"], ([p] for p in paths))
     return paths, values
-
-
-def cached_norms(fr, work: Path, name: str, root, paths) -> tuple[list[str], list[str], np.ndarray]:
-    """(layers, paths read, (N, L) L2 norms) of ``root/paths`` in one hooked pass, cached in ``work``."""
-    from observer.initialization import collect_norms
-
-    layers_file = work / f"{name}.layers.json"
-    if layers_file.is_file():
-        read, norms = cached(work, name, None)
-        return read_json(layers_file), read, norms
-    layers, read, norms = collect_norms(fr, root, paths, batch_size=32, autocast=False)
-    cached(work, name, lambda: (read, norms))
-    write_json(layers_file, layers)
-    return layers, read, norms
 
 
 def cached_statistics_l2(npy: str, fr) -> tuple[list[str], list[str], np.ndarray]:
@@ -195,7 +181,7 @@ def main(argv=None) -> int:
         row = {p: i for i, p in enumerate(cal_read)}
         cal_norms = cal_norms[[row[p] for p in cal_paths]]
     else:
-        cal_layers, cal_read, cal_norms = cached_norms(fr, work, "calibration_norms", args.calibration, cal_paths)
+        cal_layers, cal_read, cal_norms = cached_norms(fr, Path(args.calibration), cal_paths, work, "calibration_norms")
         if cal_read != cal_paths:
             raise SystemExit("unreadable calibration images: fix the folder")
     def calibration_embeddings():  # only needed for the IWBF variants of --labels

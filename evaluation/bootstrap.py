@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -108,6 +109,7 @@ class _Sorted:
 
 
 def _sort_method(scores, genuine, quality, discard_over) -> _Sorted:
+    """Pair scores, genuine flags and one quality array → the discardable pairs, lowest quality first."""
     idx = np.flatnonzero(genuine) if discard_over == "mated" else np.arange(len(scores))
     order = idx[np.argsort(quality[idx], kind="stable")]
     qs = quality[order]
@@ -138,14 +140,7 @@ def _block_metrics(m: _Sorted, w: np.ndarray, t: np.ndarray, limits: Sequence[fl
     x = np.divide(np.cumsum(group_w, axis=1) - group_w, n_d, out=np.full_like(group_w, np.nan), where=n_d > 0)
     rem_g = group_g.sum(axis=1, keepdims=True) - (np.cumsum(group_g, axis=1) - group_g)
     rem_e = group_e.sum(axis=1, keepdims=True) - (np.cumsum(group_e, axis=1) - group_e)
-    fnmr = np.divide(rem_e, rem_g, out=np.zeros_like(rem_e), where=rem_g > 0)
-    right = np.concatenate([x[:, 1:], np.full((len(x), 1), np.inf)], axis=1)
-    out = {"fnmr0": fnmr[:, 0]}
-    for lim in limits:
-        out[("pauc", lim)] = np.sum(fnmr * np.clip(np.minimum(right, lim) - x, 0.0, None), axis=1)
-        last = np.sum(x <= lim + 1e-12, axis=1) - 1
-        out[("fnmr_at_limit", lim)] = np.where(last >= 0, fnmr[np.arange(len(x)), last], np.nan)
-    return out
+    return _curve_metrics(x, rem_g, rem_e, limits)
 
 
 def _mated_block_metrics(m: _Sorted, wd: np.ndarray, t: np.ndarray, limits: Sequence[float]) -> dict:
@@ -165,8 +160,14 @@ def _mated_block_metrics(m: _Sorted, wd: np.ndarray, t: np.ndarray, limits: Sequ
     x, group_w, cw = x[:, :cut], group_w[:, :cut], cw[:, :cut]
     rem_g = total - (cw - group_w)
     rem_e = err_total - (np.cumsum(group_e, axis=1) - group_e)
-    fnmr = np.divide(rem_e, rem_g, out=np.zeros_like(rem_e), where=rem_g > 0)
     # the last kept point lies beyond every limit, so it bounds the one before it
+    return _curve_metrics(x, rem_g, rem_e, limits)
+
+
+def _curve_metrics(x: np.ndarray, rem_g: np.ndarray, rem_e: np.ndarray, limits: Sequence[float]) -> dict:
+    """Per (row, tie group): the fraction discarded before it and the genuine and error weight left
+    from it on → ``fnmr0`` and, per limit, the pAUC and the FNMR at the limit (one value a row)."""
+    fnmr = np.divide(rem_e, rem_g, out=np.zeros_like(rem_e), where=rem_g > 0)
     right = np.concatenate([x[:, 1:], np.full((len(x), 1), np.inf)], axis=1)
     out = {"fnmr0": fnmr[:, 0]}
     for lim in limits:
@@ -176,12 +177,13 @@ def _mated_block_metrics(m: _Sorted, wd: np.ndarray, t: np.ndarray, limits: Sequ
     return out
 
 
-def _row_metrics(scores, genuine, quality, w_row, fmr, limits, threshold, discard_over) -> dict:
-    curve = convention_curve(scores, genuine, quality, fmr, max(limits), threshold, discard_over, w_row)
-    out = {"fnmr0": np.array([curve.fnmr0])}
+def _row_metrics(scores, genuine, quality, w, fmr, limits, threshold, discard_over) -> dict:
+    """``_block_metrics`` by ``edc_conventions.convention_curve``, one weight row at a time (any convention)."""
+    curves = [convention_curve(scores, genuine, quality, fmr, max(limits), threshold, discard_over, row) for row in w]
+    out = {"fnmr0": np.array([c.fnmr0 for c in curves])}
     for lim in limits:
-        out[("pauc", lim)] = np.array([curve.pauc(lim)])
-        out[("fnmr_at_limit", lim)] = np.array([curve.fnmr_at(lim)])
+        out[("pauc", lim)] = np.array([c.pauc(lim) for c in curves])
+        out[("fnmr_at_limit", lim)] = np.array([c.fnmr_at(lim) for c in curves])
     return out
 
 
@@ -205,8 +207,9 @@ class _IsoBlocks:
         if clusters.unit == "identities":
             n = clusters.n
             self.counts = _counts(self.rng.integers(0, n, size=(resamples, n)), n)
-            a, b = clusters.first[self.imp], clusters.second[self.imp]
-            self.pair_matrix = np.bincount(a * n + b, minlength=n * n).reshape(n, n).astype(np.float64)
+            self.imp_first, self.imp_second = clusters.first[self.imp], clusters.second[self.imp]
+            self.pair_matrix = np.bincount(self.imp_first * n + self.imp_second,
+                                           minlength=n * n).reshape(n, n).astype(np.float64)
 
     def __iter__(self):
         for start in range(0, self.resamples, self.block):
@@ -215,7 +218,7 @@ class _IsoBlocks:
                 c = self.counts[start:start + rows]
                 gen_w = c[:, self.clusters.first[self.gen_idx]]
                 total = np.sum((c @ self.pair_matrix) * c, axis=1)
-                yield gen_w, total, _IdentityTop(c, self.clusters.first[self.imp], self.clusters.second[self.imp])
+                yield gen_w, total, _IdentityTop(c, self.imp_first, self.imp_second)
             else:
                 n_gen = len(self.gen_idx)
                 gen_w = _counts(self.rng.integers(0, n_gen, size=(rows, n_gen)), n_gen)
@@ -224,7 +227,7 @@ class _IsoBlocks:
 
 
 class _IdentityTop:
-    """Weights ``c_A · c_B`` of the first ``L`` impostors (highest score first)."""
+    """Weights ``c_A · c_B`` of the first ``n`` impostors (highest score first)."""
 
     def __init__(self, counts, first, second):
         self.c, self.first, self.second = counts, first, second
@@ -234,7 +237,7 @@ class _IdentityTop:
 
 
 class _PairTop:
-    """Multinomial counts (``m`` draws over ``m`` impostors) of the first ``L`` impostors, drawn
+    """Multinomial counts (``m`` draws over ``m`` impostors) of the first ``n`` impostors, drawn
     segment by segment from the marginals and kept, so a longer prefix extends a shorter one."""
 
     def __init__(self, rng, rows: int, m: int):
@@ -255,7 +258,7 @@ class _PairTop:
 
 
 def _top_thresholds(imp_desc_scores, total, top, fmr) -> np.ndarray:
-    """Per-row threshold from the weights of the highest impostors (``top(L)``), widening ``L``
+    """Per-row threshold from the weights of the highest impostors (``top(n)``), widening ``n``
     until each row's threshold lies inside."""
     m = len(imp_desc_scores)
     k = allowed_impostors(fmr, total)
@@ -270,26 +273,6 @@ def _top_thresholds(imp_desc_scores, total, top, fmr) -> np.ndarray:
     return np.where((k >= total) | ~hit[:, -1], -np.inf, t)
 
 
-def _iso_samples(scores, genuine, qualities, fmrs, limits, clusters, resamples, seed) -> dict:
-    """``bootstrap_samples`` for ``threshold: fixed``, ``discard_over: mated`` (vectorised)."""
-    gen_idx = np.flatnonzero(genuine)
-    gen_scores = scores[gen_idx]
-    ones = np.ones(len(gen_idx), dtype=bool)
-    sorted_q = {m: [_sort_method(gen_scores, ones, np.asarray(q, dtype=np.float64)[gen_idx], "mated") for q in qs]
-                for m, qs in qualities.items()}
-    imp_idx = np.flatnonzero(~genuine)
-    imp_idx = imp_idx[np.argsort(-scores[imp_idx], kind="stable")]
-    imp_desc = scores[imp_idx]
-    acc = {m: {fmr_key(f): [] for f in fmrs} for m in qualities}
-    for gen_w, total, top in _IsoBlocks(clusters, genuine, imp_idx, resamples, seed):
-        for f in fmrs:
-            t = _top_thresholds(imp_desc, total, top, f)
-            for m, qs in qualities.items():
-                acc[m][fmr_key(f)].append(_seed_mean([_block_metrics(srt, gen_w, t, limits) for srt in sorted_q[m]],
-                                                     limits))
-    return _collect(acc, qualities, limits)
-
-
 def _seed_mean(runs: list[dict], limits) -> dict:
     """Mean over seeds per resample; the normalised pAUC is the mean of the seeds' normalised pAUCs."""
     mean = {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
@@ -301,6 +284,7 @@ def _seed_mean(runs: list[dict], limits) -> dict:
 
 
 def _collect(acc, qualities, limits) -> dict:
+    """Per method and FMR, the blocks' metrics → ``bootstrap_samples``' nested dict of arrays."""
     out: dict = {}
     for m in qualities:
         out[m] = {}
@@ -329,31 +313,36 @@ def bootstrap_samples(scores, genuine, qualities: Mapping[str, Sequence[np.ndarr
     """
     scores = np.asarray(scores, dtype=np.float64)
     genuine = np.asarray(genuine, dtype=bool)
-    if discard_over == "mated":
-        return _iso_samples(scores, genuine, qualities, fmrs, limits, clusters, resamples, seed)
-    per_step = threshold == "per_step" and discard_over == "all"
-    sorted_q = {m: [_sort_method(scores, genuine, np.asarray(q, dtype=np.float64), discard_over) for q in qs]
-                for m, qs in qualities.items()}
     imp_idx = np.flatnonzero(~genuine)
     imp_idx = imp_idx[np.argsort(-scores[imp_idx], kind="stable")]
-    imp_desc = scores[imp_idx]
-    acc = {m: {fmr_key(f): [] for f in fmrs} for m in qualities}
+    # ISO: only the mated pairs are discarded and weighted per pair; the impostors set the threshold
+    kept = np.flatnonzero(genuine) if discard_over == "mated" else slice(None)
+    sorted_q = {m: [_sort_method(scores[kept], genuine[kept], np.asarray(q, dtype=np.float64)[kept], discard_over)
+                    for q in qs] for m, qs in qualities.items()}
+    per_step = threshold == "per_step" and discard_over == "all"
     if per_step:
         arrays = sum(len(qs) for qs in qualities.values()) * len(fmrs)
         log.warning("bootstrap with threshold: per_step over all pairs is computed one resample at a time: "
                     "%d resamples x %d quality arrays (about 0.2 s each for 100k pairs); lower 'bootstrap' "
                     "if that is too slow", resamples, arrays)
-    for w in weight_blocks(clusters, genuine, resamples, seed):
+    acc = {m: {fmr_key(f): [] for f in fmrs} for m in qualities}
+    for w, thresholds in _weight_blocks_and_thresholds(clusters, genuine, imp_idx, scores[imp_idx], resamples, seed,
+                                                       discard_over):
         for f in fmrs:
-            t = None if per_step else _fixed_thresholds(imp_desc, w[:, imp_idx], f)
+            t = None if per_step else thresholds(f)
             for m, qs in qualities.items():
-                runs = []
-                for q, srt in zip(qs, sorted_q[m]):
-                    if per_step:
-                        rows = [_row_metrics(scores, genuine, q, row, f, limits, threshold, discard_over)
-                                for row in w]
-                        runs.append({k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
-                    else:
-                        runs.append(_block_metrics(srt, w, t, limits))
+                runs = [_row_metrics(scores, genuine, q, w, f, limits, threshold, discard_over) if per_step
+                        else _block_metrics(srt, w, t, limits) for q, srt in zip(qs, sorted_q[m])]
                 acc[m][fmr_key(f)].append(_seed_mean(runs, limits))
     return _collect(acc, qualities, limits)
+
+
+def _weight_blocks_and_thresholds(clusters, genuine, imp_idx, imp_desc, resamples, seed, discard_over):
+    """Yield per block of resamples the weights of the discardable pairs, ``(block, pairs)``, and a
+    function of the FMR giving each row's threshold (impostors ``imp_idx``, scores ``imp_desc``)."""
+    if discard_over == "mated":
+        for gen_w, total, top in _IsoBlocks(clusters, genuine, imp_idx, resamples, seed):
+            yield gen_w, partial(_top_thresholds, imp_desc, total, top)
+    else:
+        for w in weight_blocks(clusters, genuine, resamples, seed):
+            yield w, partial(_fixed_thresholds, imp_desc, w[:, imp_idx])

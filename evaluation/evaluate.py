@@ -20,7 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from froq.core.errors import FroqError
-from froq.core.io import sha256_file, write_csv, write_json
+from froq.core.io import sha256_file, write_csv
 
 from evaluation import bootstrap, edc, edc_conventions, reporting, streaming
 from evaluation.edc import fmr_key

@@ -33,6 +33,7 @@ DEFAULT_IMPOSTORS = 100_000
 
 
 def _select_images(paths: list[str], max_per_identity: int | None, seed: int) -> list[str]:
+    """Sorted ``<identity>/<image>`` paths → at most ``max_per_identity`` of each identity (seeded), sorted."""
     if max_per_identity is None:
         return paths
     rng = np.random.default_rng([seed, 1])
@@ -54,8 +55,7 @@ def sample_impostor_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> np.nda
     different identities, ``K = min(n_pairs, all such pairs)``, drawn uniformly without repetition
     (seeded) and sorted. All of them when ``n_pairs`` reaches their number."""
     n = len(labels)
-    sizes = np.bincount(labels)
-    possible = n * (n - 1) // 2 - int(np.sum(sizes * (sizes - 1) // 2))
+    possible = _impostor_pair_count(np.bincount(labels))
     if possible == 0:
         raise FroqError("an identity_folders benchmark needs at least two identities")
     if n_pairs >= possible:
@@ -80,6 +80,12 @@ def sample_impostor_pairs(labels: np.ndarray, n_pairs: int, seed: int) -> np.nda
         order = allpos[first]
     chosen = np.sort(keys[np.argsort(order, kind="stable")[:n_pairs]])
     return np.stack([chosen // n, chosen % n], axis=1)
+
+
+def _impostor_pair_count(sizes: np.ndarray) -> int:
+    """Images per identity → the number of pairs of images of two different identities."""
+    n = int(np.sum(sizes))
+    return n * (n - 1) // 2 - int(np.sum(sizes * (sizes - 1) // 2))
 
 
 def read_identity_folders(images_dir: str | os.PathLike, name: str = "identity_folders",
@@ -115,8 +121,6 @@ def read_identity_folders(images_dir: str | os.PathLike, name: str = "identity_f
         raise FroqError(f"{root}: no identity folder holds two images, so there is no genuine pair")
     gen_pairs = np.concatenate(gen).astype(np.int64)
     imp_pairs = sample_impostor_pairs(labels, int(impostors), seed)
-    n = len(paths)
-    possible = n * (n - 1) // 2 - int(np.sum(sizes * (sizes - 1) // 2))
     if len(imp_pairs) < impostors:
         log.warning("%s: only %d impostor pairs exist (asked for %d): using all of them",
                     name, len(imp_pairs), impostors)
@@ -124,7 +128,7 @@ def read_identity_folders(images_dir: str | os.PathLike, name: str = "identity_f
     genuine = np.r_[np.ones(len(gen_pairs), bool), np.zeros(len(imp_pairs), bool)]
     k_at_1e3 = math.floor(1e-3 * len(imp_pairs) + 1e-9)
     info = {"type": "identity_folders", "seed": int(seed), "impostors_requested": int(impostors),
-            "impostors_possible": int(possible), "n_identities": int(len(names)),
+            "impostors_possible": _impostor_pair_count(sizes), "n_identities": int(len(names)),
             "n_identities_with_genuine_pairs": int(np.sum(sizes > 1)),
             "max_images_per_identity": max_images_per_identity,
             "largest_identity_share_of_genuine_pairs": float(np.max(sizes * (sizes - 1) // 2) / len(gen_pairs)),

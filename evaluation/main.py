@@ -15,16 +15,12 @@ import sys
 from pathlib import Path
 
 from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, device_name, float_list, load_config, positive_int
+from froq.core.config import Key, device_name, float_list, int_at_least, load_config, number_between, positive_int
 
 log = logging.getLogger("evaluation")
 
 
-def discard_limit(value):
-    """Validator: a number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1):
-        raise ValueError(f"must be a number in (0, 1), e.g. 0.3 (got {value!r})")
-    return float(value)
+discard_limit = number_between(0, 1, example="0.3")
 
 
 def discard_limits(value):
@@ -38,20 +34,6 @@ def discard_limits(value):
             raise ValueError(f"lists a limit twice (got {value!r})")
         return out
     return discard_limit(value)
-
-
-def non_negative_int(value):
-    """Validator: an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be an integer >= 0 (got {value!r})")
-    return value
-
-
-def confidence_level(value):
-    """Validator: a number strictly between 0.5 and 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.5 < value < 1):
-        raise ValueError(f"must be a number in (0.5, 1), e.g. 0.95 (got {value!r})")
-    return float(value)
 
 
 def fmr_list(value):
@@ -75,11 +57,12 @@ SCHEMA = {
                         help="discard genuine pairs only (ISO) or all pairs by quality"),
     "pauc_normalisation": Key("str", default="start", choices=("start", "raw", "best"),
                               help="table value: pAUC / (limit·FNMR(0)), raw pAUC, or pAUC minus the oracle's"),
-    "bootstrap": Key(non_negative_int, default=1000, help="bootstrap resamples for the intervals (0 = none)"),
+    "bootstrap": Key(int_at_least(0), default=1000, help="bootstrap resamples for the intervals (0 = none)"),
     "bootstrap_unit": Key("str", default="auto", choices=("auto", "identities", "pairs"),
                           help="resample identities when known (auto) or pairs"),
     "bootstrap_seed": Key("int", default=0, minimum=0),
-    "confidence": Key(confidence_level, default=0.95, help="level of the bootstrap percentile interval"),
+    "confidence": Key(number_between(0.5, 1, example="0.95"), default=0.95,
+                      help="level of the bootstrap percentile interval"),
     "pair_quality": Key("str", default="min", choices=("min", "mean", "product")),
     "random_seeds": Key(positive_int, default=10, help="seeds of the random reference"),
     "missing_quality": Key("str", default="error", choices=("error", "min"),

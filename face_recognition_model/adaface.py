@@ -11,16 +11,15 @@ its norm, plus the norm): cosine similarity is unchanged, and the norm stays ava
 
 from __future__ import annotations
 
-import logging
-from typing import Mapping
+from functools import partial
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from face_recognition_model.checkpoints import load_matching, read_checkpoint
+from face_recognition_model.checkpoints import load_matching, read_checkpoint, strip_prefix
 from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
 
-log = logging.getLogger(__name__)
 
 WEIGHTS_HINT = ("official AdaFace checkpoints are published at https://github.com/mk-minchul/AdaFace "
                 "(README, 'Pretrained Models'); put the .ckpt under weights/")
@@ -102,20 +101,20 @@ class BottleneckIR(_ResidualUnit):
             self.res_layer.add_module("se_block", SEModule(depth, 16))
 
 
-class AdaFaceBackbone(nn.Module):
-    """AdaFace IR-``num_layers`` (``se=True``: IR-SE) for 112×112 BGR input in [−1, 1].
+class IRBackbone(nn.Module):
+    """The IR layout AdaFace and CurricularFace share for 112×112 input: ``input_layer``,
+    ``output_layer`` (registered before ``body``) and ``body``, the residual units of the stages.
 
-    ``stage_ends`` lists the indices in ``body`` of the last block of each of the four stages
-    (the ``stages`` of its ``layout()``, used by methods that need per-stage outputs, e.g. GraFIQs).
+    ``stages``: units per stage; ``channels``: the stem width then each stage's width;
+    ``unit(in_channels, depth, stride)`` builds a unit (stride 2 for a stage's first).
+    ``stage_ends`` lists the indices in ``body`` of the last unit of each stage (the ``stages`` of
+    its ``layout()``, used by methods that need per-stage outputs, e.g. GraFIQs).
     """
 
-    def __init__(self, num_layers: int, se: bool = False) -> None:
+    why_no_quality_head = ""
+
+    def __init__(self, stages: Sequence[int], channels: Sequence[int], unit: Callable[..., nn.Module]) -> None:
         super().__init__()
-        if num_layers not in _STAGES:
-            raise ValueError(f"AdaFace IR depth must be one of {sorted(_STAGES)}")
-        bottleneck = num_layers > 101
-        channels = [64, 256, 512, 1024, 2048] if bottleneck else [64, 64, 128, 256, 512]
-        unit = BottleneckIR if bottleneck else BasicBlockIR
         out_channels = channels[-1]
         self.input_layer = nn.Sequential(nn.Conv2d(3, 64, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(64),
                                          nn.PReLU(64))
@@ -128,19 +127,17 @@ class AdaFaceBackbone(nn.Module):
         )
         blocks = []
         self.stage_ends: list[int] = []
-        for stage, count in enumerate(_STAGES[num_layers]):
+        for stage, count in enumerate(stages):
             in_c, depth = channels[stage], channels[stage + 1]
             for i in range(count):
-                blocks.append(unit(in_c if i == 0 else depth, depth, 2 if i == 0 else 1, se=se))
+                blocks.append(unit(in_c if i == 0 else depth, depth, 2 if i == 0 else 1))
             self.stage_ends.append(len(blocks) - 1)
         self.body = nn.Sequential(*blocks)
-        self.num_layers = num_layers
-        self.se = se
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 112, 112) → un-normalised embedding (B, 512)."""
         x = self.input_layer(x)
-        for block in self.body:  # as the official forward: ``body`` itself is never called
+        for block in self.body:  # as the official AdaFace forward: ``body`` itself is never called
             x = block(x)
         return self.output_layer(x)
 
@@ -157,20 +154,36 @@ class AdaFaceBackbone(nn.Module):
             tail=EmbeddingTail("output_layer.1", float(self.output_layer[1].p), self.after_dropout),
             stages=tuple(f"body.{i}" for i in self.stage_ends),
             **batch_norm_parts(self, "its batch norms were removed"),
-            why_no_quality_head="AdaFace has no learned quality unit (its embedding norm is "
-                                "method embedding_norm; CR-FIQA needs arch crfiqa_iresnet50/100)")
+            why_no_quality_head=self.why_no_quality_head)
+
+
+class AdaFaceBackbone(IRBackbone):
+    """AdaFace IR-``num_layers`` (``se=True``: IR-SE) for 112×112 BGR input in [−1, 1]."""
+
+    why_no_quality_head = ("AdaFace has no learned quality unit (its embedding norm is "
+                           "method embedding_norm; CR-FIQA needs arch crfiqa_iresnet50/100)")
+
+    def __init__(self, num_layers: int, se: bool = False) -> None:
+        if num_layers not in _STAGES:
+            raise ValueError(f"AdaFace IR depth must be one of {sorted(_STAGES)}")
+        bottleneck = num_layers > 101
+        super().__init__(_STAGES[num_layers],
+                         [64, 256, 512, 1024, 2048] if bottleneck else [64, 64, 128, 256, 512],
+                         partial(BottleneckIR if bottleneck else BasicBlockIR, se=se))
+        self.num_layers = num_layers
+        self.se = se
 
 
 def adaface_state_dict(obj: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official checkpoint contents → backbone state dict: drop ``head.*``, strip ``model.``."""
-    state = {k: v for k, v in obj.items() if not k.startswith("head.")}
-    if state and all(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items()}
-    return state
+    return strip_prefix({k: v for k, v in obj.items() if not k.startswith("head.")}, "model.")
 
 
-def build(num_layers: int, se: bool, weights: str | None) -> AdaFaceBackbone:
-    """AdaFace IR(-SE)-``num_layers``; ``weights`` = a Lightning ``.ckpt`` or a plain state dict."""
+def build(num_layers: int, se: bool, weights: str | None = None, **kwargs) -> AdaFaceBackbone:
+    """AdaFace IR(-SE)-``num_layers``; ``weights`` = a Lightning ``.ckpt`` or a plain state dict, or
+    None (random init). Out: eval-mode model; TypeError for any option (AdaFace has none)."""
+    if kwargs:
+        raise TypeError(f"unexpected AdaFace options: {', '.join(kwargs)}")
     model = AdaFaceBackbone(num_layers, se=se)
     if weights is not None:
         state = adaface_state_dict(read_checkpoint(weights, WEIGHTS_HINT))
@@ -178,16 +191,7 @@ def build(num_layers: int, se: bool, weights: str | None) -> AdaFaceBackbone:
     return model.eval()
 
 
-def _builder(num_layers: int, se: bool):
-    def fn(weights: str | None = None, **kwargs) -> AdaFaceBackbone:
-        if kwargs:
-            raise TypeError(f"unexpected AdaFace options: {', '.join(kwargs)}")
-        return build(num_layers, se, weights)
-    fn.__name__ = f"build_ir_{'se_' if se else ''}{num_layers}"
-    fn.__doc__ = f"Build AdaFace IR{'-SE' if se else ''}-{num_layers}; ``weights``: checkpoint path or None (random)."
-    return fn
-
-
+# the registry's builders build_ir_<n> and build_ir_se_<n>
 for _n in _STAGES:
-    globals()[f"build_ir_{_n}"] = _builder(_n, False)
-    globals()[f"build_ir_se_{_n}"] = _builder(_n, True)
+    globals()[f"build_ir_{_n}"] = partial(build, _n, False)
+    globals()[f"build_ir_se_{_n}"] = partial(build, _n, True)

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 
 
 def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, torch.Tensor]:
@@ -24,9 +24,8 @@ def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, tor
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FroqError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                        f"({first[:200]})") from None
+                        f"({first_line(exc)})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
@@ -36,12 +35,21 @@ def read_checkpoint(path: str | os.PathLike, hint: str = "") -> Mapping[str, tor
     return obj
 
 
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """State dict → a copy with ``prefix`` removed from every key when every key has it (e.g. the
+    ``module.`` of a DataParallel checkpoint), else unchanged."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
 def load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
-                  ignore_prefixes: tuple[str, ...] = ()) -> None:
+                  ignore_prefixes: tuple[str, ...] = (), expected: str = "") -> None:
     """Copy ``state`` into ``model`` requiring identical keys and shapes.
 
     Keys starting with any of ``ignore_prefixes`` are dropped first. On any mismatch raises
-    FroqError naming ``source`` and the first few missing / unexpected / wrongly shaped keys.
+    FroqError naming ``source``, the first few missing / unexpected / wrongly shaped keys and
+    (when given) ``expected``, what the model wants.
     """
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     own = model.state_dict()
@@ -57,5 +65,6 @@ def load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sou
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if shape:
             parts.append(f"{len(shape)} wrong shape (e.g. {'; '.join(shape[:3])})")
-        raise FroqError(f"{source}: checkpoint does not match the architecture: " + "; ".join(parts))
+        raise FroqError(f"{source}: checkpoint does not match the architecture: " + "; ".join(parts)
+                        + (f" — expected {expected}" if expected else ""))
     model.load_state_dict(dict(state), strict=True)

@@ -27,9 +27,8 @@ import logging
 import torch
 from torch import nn
 
-from face_recognition_model.adaface import BasicBlockIR, _ResidualUnit, _shortcut
-from face_recognition_model.checkpoints import load_matching, read_checkpoint
-from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
+from face_recognition_model.adaface import BasicBlockIR, IRBackbone, _ResidualUnit, _shortcut
+from face_recognition_model.checkpoints import load_matching, read_checkpoint, strip_prefix
 from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
@@ -56,45 +55,21 @@ class UnitCVPR2020(_ResidualUnit):
         )
 
 
-class CurricularFaceIR(nn.Module):
+class CurricularFaceIR(IRBackbone):
     """CurricularFace IR backbone (``variant`` ``tface`` or ``cvpr2020``) for 112×112 inputs."""
 
+    why_no_quality_head = ("CurricularFace has no learned quality unit (CR-FIQA needs arch "
+                           "crfiqa_iresnet50/100)")
+
     def __init__(self, stages=STAGES_IR101, variant: str = "tface") -> None:
-        super().__init__()
         if variant not in ("tface", "cvpr2020"):
             raise ValueError(f"CurricularFace variant must be tface or cvpr2020 (got {variant!r})")
-        unit = BasicBlockIR if variant == "tface" else UnitCVPR2020
+        super().__init__(stages, WIDTHS, BasicBlockIR if variant == "tface" else UnitCVPR2020)
         self.variant = variant
-        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, (3, 3), 1, 1, bias=False), nn.BatchNorm2d(64),
-                                         nn.PReLU(64))
-        self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.4), nn.Flatten(),
-                                          nn.Linear(512 * 7 * 7, 512), nn.BatchNorm1d(512, affine=False))
-        blocks, self.stage_ends = [], []
-        for s, count in enumerate(stages):
-            for i in range(count):
-                blocks.append(unit(WIDTHS[s] if i == 0 else WIDTHS[s + 1], WIDTHS[s + 1], 2 if i == 0 else 1))
-            self.stage_ends.append(len(blocks) - 1)
-        self.body = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 112, 112) in [-1, 1] → un-normalised embedding (B, 512)."""
+        """(B, 3, 112, 112) in [-1, 1] → un-normalised embedding (B, 512); ``body`` called as one module."""
         return self.output_layer(self.body(self.input_layer(x)))
-
-    def after_dropout(self, x: torch.Tensor) -> torch.Tensor:
-        """``output_layer`` after its Dropout: Flatten → Linear → BatchNorm1d."""
-        for module in list(self.output_layer)[2:]:
-            x = module(x)
-        return x
-
-    def layout(self) -> ModelLayout:
-        """Tail at ``output_layer.1`` (Dropout, p = 0.4), stages = the last unit of each stage,
-        every BatchNorm2d; no quality head."""
-        return ModelLayout(
-            tail=EmbeddingTail("output_layer.1", float(self.output_layer[1].p), self.after_dropout),
-            stages=tuple(f"body.{i}" for i in self.stage_ends),
-            **batch_norm_parts(self, "its batch norms were removed"),
-            why_no_quality_head="CurricularFace has no learned quality unit (CR-FIQA needs arch "
-                                "crfiqa_iresnet50/100)")
 
 
 def checkpoint_variant(state) -> str:
@@ -116,17 +91,12 @@ def build_curricularface_ir101(weights: str | None = None, variant: str = "auto"
                         f"(got {variant!r})")
     state = None
     if weights is not None:
-        state = dict(read_checkpoint(weights, f"download it from {SOURCE}"))
-        if state and all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
+        state = strip_prefix(read_checkpoint(weights, f"download it from {SOURCE}"), "module.")
         if variant == "auto":
             variant = checkpoint_variant(state)
             log.info("%s: CurricularFace layout '%s' (from its keys)", weights, variant)
     model = CurricularFaceIR(STAGES_IR101, "tface" if variant == "auto" else variant)
     if state is not None:
-        try:
-            load_matching(model, state, str(weights))
-        except FroqError as exc:
-            raise FroqError(f"{exc} — expected a CurricularFace IR-101 backbone ({model.variant} layout; "
-                            f"{SOURCE})") from None
+        load_matching(model, state, str(weights),
+                      expected=f"a CurricularFace IR-101 backbone ({model.variant} layout; {SOURCE})")
     return model.eval()

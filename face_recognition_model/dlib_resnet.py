@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from face_recognition_model.checkpoints import load_matching
 from face_recognition_model.layout import EmbeddingTail, ModelLayout
 from froq.core.errors import FroqError
 
@@ -420,7 +421,6 @@ def build_dlib_resnet(weights: str | None, **kwargs) -> DlibResNet:
         raise FroqError(f"dlib_resnet takes no model.kwargs (got {', '.join(sorted(kwargs))}): remove them")
     model = DlibResNet()
     if weights is not None:
-        from face_recognition_model.checkpoints import load_matching
         state = {k: torch.from_numpy(v) for k, v in read_dlib_weights(weights).items()}
         load_matching(model, state, str(weights))
     return model.eval()

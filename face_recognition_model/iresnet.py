@@ -21,17 +21,16 @@ Input (ArcFace and CR-FIQA): RGB, 112x112, ``(pixel/255 - 0.5) / 0.5``.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
+from functools import partial
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from face_recognition_model.checkpoints import load_matching, read_checkpoint
+from face_recognition_model.checkpoints import load_matching, read_checkpoint, strip_prefix
 from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
 
-log = logging.getLogger(__name__)
 
 ARCFACE_SOURCE = ("https://github.com/deepinsight/insightface/tree/master/model_zoo "
                   "(arcface_torch backbone.pth, e.g. ms1mv3_arcface_r100_fp16)")
@@ -192,11 +191,7 @@ def _load(model: nn.Module, weights: str | None, hint: str) -> nn.Module:
     A uniform ``module.`` prefix (a checkpoint saved from DataParallel) is removed first.
     """
     if weights is not None:
-        state = dict(read_checkpoint(weights, hint=hint))
-        if state and all(k.startswith("module.") for k in state):
-            log.info("%s: removing the 'module.' prefix of every key (DataParallel checkpoint)", weights)
-            state = {k[len("module."):]: v for k, v in state.items()}
-        load_matching(model, state, source=str(weights))
+        load_matching(model, strip_prefix(read_checkpoint(weights, hint=hint), "module."), source=str(weights))
     return model.eval()
 
 
@@ -209,31 +204,6 @@ def build_iresnet(depth: int, weights: str | None = None, **kwargs) -> IResNet:
                  f"download an arcface_torch backbone.pth from {ARCFACE_SOURCE}")
 
 
-def build_iresnet18(weights: str | None = None, **kwargs) -> IResNet:
-    """iResNet-18 (stages 2,2,2,2); see ``build_iresnet``."""
-    return build_iresnet(18, weights, **kwargs)
-
-
-def build_iresnet34(weights: str | None = None, **kwargs) -> IResNet:
-    """iResNet-34 (stages 3,4,6,3); see ``build_iresnet``."""
-    return build_iresnet(34, weights, **kwargs)
-
-
-def build_iresnet50(weights: str | None = None, **kwargs) -> IResNet:
-    """iResNet-50 (stages 3,4,14,3); see ``build_iresnet``."""
-    return build_iresnet(50, weights, **kwargs)
-
-
-def build_iresnet100(weights: str | None = None, **kwargs) -> IResNet:
-    """iResNet-100 (stages 3,13,30,3); see ``build_iresnet``."""
-    return build_iresnet(100, weights, **kwargs)
-
-
-def build_iresnet200(weights: str | None = None, **kwargs) -> IResNet:
-    """iResNet-200 (stages 6,26,60,6); see ``build_iresnet``."""
-    return build_iresnet(200, weights, **kwargs)
-
-
 def build_crfiqa_iresnet(depth: int, weights: str | None = None, **kwargs) -> CRFIQAIResNet:
     """CR-FIQA iResNet-``depth`` (50 = CR-FIQA(S), 100 = CR-FIQA(L)); ``weights`` = its
     ``*backbone.pth`` (iResNet keys + ``qs.weight``/``qs.bias``) or None. Out: eval-mode model."""
@@ -241,11 +211,7 @@ def build_crfiqa_iresnet(depth: int, weights: str | None = None, **kwargs) -> CR
                  f"download the CR-FIQA backbone from {CRFIQA_SOURCE}")
 
 
-def build_crfiqa_iresnet50(weights: str | None = None, **kwargs) -> CRFIQAIResNet:
-    """CR-FIQA(S): iResNet-50 with the quality unit; see ``build_crfiqa_iresnet``."""
-    return build_crfiqa_iresnet(50, weights, **kwargs)
-
-
-def build_crfiqa_iresnet100(weights: str | None = None, **kwargs) -> CRFIQAIResNet:
-    """CR-FIQA(L): iResNet-100 with the quality unit; see ``build_crfiqa_iresnet``."""
-    return build_crfiqa_iresnet(100, weights, **kwargs)
+# the registry's builders: iResNet-18 .. 200 (stages in STAGE_LAYERS), CR-FIQA(S) = 50 and (L) = 100
+build_iresnet18, build_iresnet34, build_iresnet50, build_iresnet100, build_iresnet200 = (
+    partial(build_iresnet, depth) for depth in (18, 34, 50, 100, 200))
+build_crfiqa_iresnet50, build_crfiqa_iresnet100 = (partial(build_crfiqa_iresnet, depth) for depth in (50, 100))

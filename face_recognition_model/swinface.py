@@ -22,16 +22,14 @@ Stochastic depth and dropouts are identities at inference and are not modelled (
 
 from __future__ import annotations
 
-import logging
 
 import torch
 from torch import nn
 
-from face_recognition_model.checkpoints import load_matching, read_checkpoint
+from face_recognition_model.checkpoints import load_matching, read_checkpoint, strip_prefix
 from face_recognition_model.layout import EmbeddingTail, ModelLayout
 from froq.core.errors import FroqError
 
-log = logging.getLogger(__name__)
 
 SOURCE = ("https://github.com/lxq1000/SwinFace (README: the pretrained checkpoint "
           "checkpoint_step_79999_gpu_0.pt)")
@@ -250,10 +248,7 @@ def swinface_state_dict(obj, source: str) -> dict:
         raise FroqError(f"{source}: a SwinFace checkpoint without 'state_dict_backbone' (has "
                         f"{', '.join(sorted(k for k in obj if k.startswith('state_dict_')))}): "
                         f"download the released checkpoint from {SOURCE}")
-    state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return strip_prefix(obj, "module.")
 
 
 def build_swinface(weights: str | None = None, **kwargs) -> SwinFaceRecognition:
@@ -265,9 +260,6 @@ def build_swinface(weights: str | None = None, **kwargs) -> SwinFaceRecognition:
     model = SwinFaceRecognition()
     if weights is not None:
         state = swinface_state_dict(read_checkpoint(weights, f"download it from {SOURCE}"), str(weights))
-        try:
-            load_matching(model, state, str(weights))
-        except FroqError as exc:
-            raise FroqError(f"{exc} — expected SwinFace's Swin-T backbone (state_dict_backbone of "
-                            f"{SOURCE})") from None
+        load_matching(model, state, str(weights),
+                      expected=f"SwinFace's Swin-T backbone (state_dict_backbone of {SOURCE})")
     return model.eval()

@@ -8,8 +8,8 @@ current folder and then works in the repository root (the stage configs and the 
 named relative to it), as run.sh always did:
 
 1. ``choose_fr_config``: AdaFace IR-101 when its weights exist, else dlib's ResNet (said in one
-   line); ``fr_info`` gives the architecture and input size, which pick the alignment template
-   (``alignment_template``) and the occlusion cell (``baselineFIQA.perturbations.default_mpx``).
+   line); ``fr_info`` gives the architecture and input size; ``fr_template_name`` the alignment
+   template and ``baselineFIQA.perturbations.default_mpx`` the occlusion cell.
 2. ``--photos``: aligned with ``preparation.align``, split by identity with
    ``preparation.split.split_aligned`` (``calibration_ids_beside`` finds a ``calibration_pool.txt``
    beside the photos), calibration sources capped at 300 and degraded with
@@ -53,7 +53,6 @@ DEFAULT_CAP = 1000           # calibration sources built from --photos without -
                              # measured (README, "Calibration size"): the layer selection on LFW
                              # with dlib is reproducible from ~1,000 images, not from 300
 POOL_FILE = "calibration_pool.txt"
-TEMPLATES = {150: "dlib150", 112: "arcface112"}
 STAGE_CONFIGS = {"labels": "configs/baseline.yaml", "init": "configs/init.yaml",
                  "inference": "configs/inference.yaml"}
 
@@ -301,15 +300,9 @@ def choose_fr_config(fr: str = "") -> str:
     return FALLBACK_FR
 
 
-def alignment_template(size: int) -> str | None:
-    """The ``preparation/align.py`` template for a model input size (150 → dlib150, 112 →
-    arcface112) — the rule for FR configs without an ``alignment`` key; None when there is none."""
-    return TEMPLATES.get(size)
-
-
 def fr_template_name(config: str) -> str | None:
-    """The alignment template of an FR config (its ``alignment`` key, else ``alignment_template``
-    of its input size), by name; None when there is none."""
+    """The alignment template of an FR config (its ``alignment`` key, else the one of its input
+    size: ``face_recognition_model.templates``), by name; None when there is none."""
     from face_recognition_model.loading import alignment_of, load_fr_config
 
     template = alignment_of(load_fr_config(config), config)
@@ -625,13 +618,12 @@ def run(opts: Options) -> int:
                           outpath=q(observer)))
     # one way to score photos (froq.score_photos): original names, flags, lowest quality for no face
     scored_photos = opts.photos and target == f"{out}/split/target"
+    aligned = f"{out}/aligned/{template}" if scored_photos else ""  # qualities named after the photos
     step("FROQ qualities", lambda: score_targets(
         stage_argv("inference", common, target_dataset=q(target), observer_data=q(observer),
                    outpath=q(qualities)),
-        aligned=f"{out}/aligned/{template}" if scored_photos else None,
-        calibration_ids=(ids or None) if scored_photos and mode == "split" else None))
+        aligned=aligned or None, calibration_ids=(ids or None) if scored_photos and mode == "split" else None))
 
-    aligned = f"{out}/aligned/{template}" if scored_photos else ""  # qualities named after the photos
     extra = {}
     evaluation = evaluate_step(opts, out, fr, target, aligned)
     if evaluation:

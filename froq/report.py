@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from froq.core.errors import FroqError
 from froq.core.images import load_rgb
 from froq.core.io import atomic_open, read_csv
 
-log = logging.getLogger(__name__)
 
 TILE = 112            # thumbnail side in the contact sheet (pixels)
 CAPTION = 30          # caption height under each thumbnail

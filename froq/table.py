@@ -370,12 +370,6 @@ def observer_for(model: ModelSpec, method: MethodSpec, fr, outdir: Path, cfg: di
         _record(path, key, settings)
     progress.add(model.name, "-", f"observer:{method.name}", "computed", str(path))
     return path
-    with output_lock(path):
-        calibrate(fr, model.calibration, labels, device=fr.device, top_n=model.top_n,
-                  batch_size=cfg["batch_size"], save=path, **method.observer)
-        _record(path, key, settings)
-    progress.add(model.name, "-", f"observer:{method.name}", "computed", str(path))
-    return path
 
 
 def image_root_for(protocol, fr) -> Path:

@@ -19,7 +19,6 @@ The command line is ``methods/score.py``.
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
@@ -32,7 +31,6 @@ from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 from froq.core.runner import RunResult
 
-log = logging.getLogger(__name__)
 
 _METHODS: dict[str, str] = {
     "serfiq": "methods.serfiq",
@@ -42,11 +40,6 @@ _METHODS: dict[str, str] = {
     "aux_fiqa": "methods.aux_fiqa",
     "froq": "methods.froq",
 }
-
-
-def register_method(name: str, module: str) -> None:
-    """Register a method module (dotted import path) under ``name`` (for extensions, e.g. froq)."""
-    _METHODS[name] = module
 
 
 def list_methods() -> list[str]:

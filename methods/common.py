@@ -1,6 +1,6 @@
-"""What the FIQA methods share: the resume key, column order, per-image seeds, an input hook.
+"""What the FIQA methods share: the per-image loop, column order, per-image seeds, an input hook.
 
-The per-image loop itself is ``froq.core.runner.run_images``; there is no other.
+The per-image loop itself is ``froq.core.runner.run_images`` (through ``score_images``); there is no other.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ from typing import Iterator, Sequence
 import torch
 
 from face_recognition_model.loading import FRModel
-from froq.core.runner import RunResult
+from froq.core.runner import RunResult, run_images
 
 
-def resume_settings(fr: FRModel, root: str | Path, method: str, options: dict) -> dict:
-    """The settings a method's ``<csv>.partial`` rows are valid for: the method, its options (with
-    anything it resolved, e.g. SER-FIQ's p), the model identity and the folder."""
-    return {"stage": "score", "method": method, "options": dict(options), "model": fr.identity(),
-            "root": str(root)}
+def score_images(fr: FRModel, root: str | Path, method: str, options: dict, batch_fn, columns: Sequence[str],
+                 **loop) -> RunResult:
+    """``batch_fn(paths, images)`` over ``fr``-preprocessed batches of ``root`` → the ``RunResult`` of
+    ``columns``; ``loop``: the batch_size, num_workers, paths, failures and resume_path of a method's
+    ``score``. Partial rows are resumed only for the same method, ``options`` (with anything it
+    resolved, e.g. SER-FIQ's p), model identity and folder."""
+    settings = {"stage": "score", "method": method, "options": dict(options), "model": fr.identity(),
+                "root": str(root)}
+    return run_images(root, batch_fn, list(columns), preprocess=fr.preprocess, device=fr.device, desc=method,
+                      settings=settings, **loop)
 
 
 def in_columns(result: RunResult, columns: Sequence[str]) -> RunResult:

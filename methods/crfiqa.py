@@ -14,8 +14,8 @@ import torch
 
 from face_recognition_model.loading import FRModel
 from froq.core.images import FailureLog
-from froq.core.runner import RunResult, run_images
-from methods.common import resume_settings
+from froq.core.runner import RunResult
+from methods.common import score_images
 
 NAME = "crfiqa"
 DESCRIPTION = "CR-FIQA: the quality head of a CR-FIQA iResNet; higher = better"
@@ -42,7 +42,6 @@ def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: i
     def batch_fn(_paths, images):
         return head(fr.network(images)).float()
 
-    return run_images(root, batch_fn, ["quality"], preprocess=fr.preprocess, device=fr.device,
-                      batch_size=batch_size, paths=paths, num_workers=num_workers,
-                      resume_path=resume_path, failures=failures, desc=NAME,
-                      settings=resume_settings(fr, root, NAME, options))
+    return score_images(fr, root, NAME, options, batch_fn, ["quality"],
+                        batch_size=batch_size, paths=paths, num_workers=num_workers, resume_path=resume_path,
+                        failures=failures)

@@ -37,8 +37,8 @@ from face_recognition_model.loading import FRModel
 from froq.core.config import Key
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
-from froq.core.runner import RunResult, run_images
-from methods.common import resume_settings
+from froq.core.runner import RunResult
+from methods.common import score_images
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,6 @@ def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: i
         out = grafiqs_batch(network, images, stages, bns)
         return torch.stack([out[options["variant"]], *(out[v] for v in VARIANTS)], dim=1)
 
-    return run_images(root, batch_fn, ["quality", *VARIANTS], preprocess=fr.preprocess,
-                      device=fr.device, batch_size=batch_size, paths=paths,
-                      num_workers=num_workers, resume_path=resume_path, failures=failures,
-                      desc=NAME, settings=resume_settings(fr, root, NAME, options))
+    return score_images(fr, root, NAME, options, batch_fn, ["quality", *VARIANTS],
+                        batch_size=batch_size, paths=paths, num_workers=num_workers, resume_path=resume_path,
+                        failures=failures)

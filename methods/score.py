@@ -23,21 +23,18 @@ import time  # noqa: E402
 
 from face_recognition_model.loading import fr_from_stage_config  # noqa: E402
 from froq.core.cli import run_main, setup_logging, stage_parser  # noqa: E402
-from froq.core.config import Key, load_config, positive_int, public  # noqa: E402
+from froq.core.config import Key, load_config, public  # noqa: E402
 from froq.core.errors import FroqError  # noqa: E402
 from froq.core.images import FailureLog, read_image_list  # noqa: E402
 from froq.core import distributed  # noqa: E402
 from froq.core.io import write_csv  # noqa: E402
 from froq.core.runner import finish_stage  # noqa: E402
-from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs  # noqa: E402
+from froq.core.stage import COMMON_KEYS, TARGET_KEYS, output_path, refuse_overwriting_inputs  # noqa: E402
 from methods import get_method, list_methods, resolve_options, run_method  # noqa: E402
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config, e.g. configs/fr/iresnet100.yaml"),
-    "target_dataset": Key("path", help="folder of aligned face images to score (or an insightface train.rec)"),
-    "target_list": Key("path", default=None,
-                       help="text file of image paths relative to target_dataset, one a line (instead of walking the folder)"),
-    "batch_size": Key(positive_int, default=32),
+    **TARGET_KEYS,
     "outpath": Key("path", default="outputs/scores/{method}.csv",
                    help="output CSV ({method} is replaced by the method name) or a folder"),
     "methods": Key("dict", default={}, help="per-method options: methods.<name>.<option>"),

@@ -37,11 +37,11 @@ from torch import nn
 
 from face_recognition_model.layout import EmbeddingTail
 from face_recognition_model.loading import FRModel
-from froq.core.config import Key
+from froq.core.config import Key, int_at_least, number_between
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
-from froq.core.runner import RunResult, run_images
-from methods.common import StopForward, capture_input, image_seed, resume_settings
+from froq.core.runner import RunResult
+from methods.common import StopForward, capture_input, image_seed, score_images
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +50,19 @@ DESCRIPTION = "SER-FIQ: robustness of m stochastic (dropout) embeddings; higher 
 
 
 def _p_value(value):
+    """Validator: ``auto`` or a dropout probability in [0, 1)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"must be 'auto' or a number in [0, 1) (got {value!r})")
-    return float(value)
-
-
-def _m_value(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise ValueError(f"must be an integer >= 2 (got {value!r})")
-    return value
-
-
-def _fraction(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"must be a number in (0, 1) (got {value!r})")
-    return float(value)
+    try:
+        return number_between(0, 1, low_included=True)(value)
+    except ValueError:
+        raise ValueError(f"must be 'auto' or a number in [0, 1) (got {value!r})") from None
 
 
 OPTIONS = {
-    "m": Key(_m_value, default=100, help="stochastic forward passes per image"),
+    "m": Key(int_at_least(2), default=100, help="stochastic forward passes per image"),
     "p": Key(_p_value, default="auto", help="dropout probability; auto = the model's own (or fallback_p)"),
-    "fallback_p": Key(_fraction, default=0.5,
+    "fallback_p": Key(number_between(0, 1), default=0.5,
                       help="p when the model has no dropout of its own or its p is 0"),
     "seed": Key("int", default=0),
     "average": Key("str", default="paper", choices=("paper", "pairs"),
@@ -178,7 +168,6 @@ def score(fr: FRModel, root: str | Path, *, batch_size: int = 32, num_workers: i
         emb = stochastic_embeddings(tail.head, z, seeds, m, p, options["rows_per_call"])
         return serfiq_quality(emb, options["average"])
 
-    return run_images(root, batch_fn, ["quality"], preprocess=fr.preprocess, device=fr.device,
-                      batch_size=batch_size, paths=paths, num_workers=num_workers,
-                      resume_path=resume_path, failures=failures, desc=NAME,
-                      settings=resume_settings(fr, root, NAME, {**options, "p": p}))
+    return score_images(fr, root, NAME, {**options, "p": p}, batch_fn, ["quality"],
+                        batch_size=batch_size, paths=paths, num_workers=num_workers, resume_path=resume_path,
+                        failures=failures)

@@ -8,7 +8,7 @@ Used by observer initialisation (all layers, one pass) and inference (selected l
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -30,7 +30,7 @@ import torch
 from face_recognition_model.loading import FRModel, identity_difference
 from face_recognition_model.templates import AlignmentTemplate, template_from_record
 from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, load_config, positive_int, public
+from froq.core.config import Key, load_config, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core import distributed
@@ -38,7 +38,7 @@ from froq.core.images import FailureLog, read_image_list
 from froq.core.io import read_csv, read_json, write_csv, write_npy
 from froq.core.recordio import is_record_file
 from froq.core.runner import RunResult, finish_stage, open_source, run_images
-from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
+from froq.core.stage import COMMON_KEYS, TARGET_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
 from observer.combination import STANDARDISATIONS, combined_quality
 from observer.hooks import STATISTICS, NormRecorder
@@ -48,10 +48,7 @@ log = logging.getLogger("observer.inference")
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config (the one used at init)"),
-    "target_dataset": Key("path", help="folder of aligned faces to score (or an insightface train.rec)"),
-    "target_list": Key("path", default=None,
-                       help="text file of image paths relative to target_dataset, one a line (instead of walking the folder)"),
-    "batch_size": Key(positive_int, default=32),
+    **TARGET_KEYS,
     "observer_data": Key("path", help="observer JSON written by observer/initialization.py"),
     "early_exit": Key("bool", default=True, help="stop each forward once the selected layers fired"),
     "save_embeddings": Key("bool", default=False, help="also write FR embeddings (same pass)"),

@@ -8,7 +8,6 @@ with ρ per step, the selected set, and groups of layers whose norms are identic
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,8 +15,6 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from observer.combination import fit_standardisation, standardise, weighted_mean
-
-log = logging.getLogger(__name__)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -71,9 +68,8 @@ def set_score(norms: np.ndarray, layers: Sequence[int],
     """Per-image score of a layer set: the arithmetic mean of its columns of ``norms`` (the paper:
     raw L2 norms), or with ``weights`` (one per column of ``norms``) their weighted mean."""
     cols = list(layers)
-    if weights is None:
-        return np.asarray(norms, dtype=np.float64)[:, cols].mean(axis=1)
-    return weighted_mean(np.asarray(norms, dtype=np.float64)[:, cols], np.asarray(weights)[cols])
+    return weighted_mean(np.asarray(norms, dtype=np.float64)[:, cols],
+                         None if weights is None else np.asarray(weights)[cols])
 
 
 def greedy_selection(norms: np.ndarray, labels: np.ndarray, candidates: Sequence[int],
@@ -154,11 +150,9 @@ def fit_features(values: np.ndarray, labels: np.ndarray, top_n: int, standardisa
     if standardisation == "none" and not signed and weighting == "equal":
         greedy = greedy_selection(values, labels, candidates)  # the paper's arithmetic, exactly
     else:
-        matrix = np.zeros_like(values)
+        matrix, w = np.zeros_like(values), np.ones(values.shape[1])
         for j in candidates:
             matrix[:, j] = signs[j] * standardise(values[:, j], params[j], standardisation)
-        w = np.ones(values.shape[1])
-        for j in candidates:
             w[j] = weights[j]
         greedy = greedy_selection(matrix, labels, candidates, None if weighting == "equal" else w)
     return FeatureFit(utilities, candidates, signs, weights, params, greedy)

@@ -19,11 +19,11 @@ The record goes into ``observer.json`` as ``stability`` (README, "Output formats
 from __future__ import annotations
 
 import time
-from pathlib import PurePosixPath
 from typing import Sequence
 
 import numpy as np
 
+from froq.core.images import identity_of
 from observer.selection import set_score, spearman, top_candidates
 
 RESAMPLES = 100      # bootstrap resamples in an initialisation (cost: README, "Calibration stability")
@@ -32,20 +32,20 @@ SEED = 0
 
 
 def identity_groups(paths: Sequence[str]) -> list[np.ndarray]:
-    """Row indices of ``paths`` grouped by identity (parent folder; '' for files at the top), in
-    order of first appearance."""
+    """Row indices of ``paths`` grouped by identity (parent folder; the files at the top are one
+    group), in order of first appearance."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
-        groups.setdefault(str(PurePosixPath(p).parent), []).append(i)
+        groups.setdefault(identity_of(p), []).append(i)
     return [np.array(g) for g in groups.values()]
 
 
-def resample_indices(paths: Sequence[str], rng: np.random.Generator, unit: str) -> np.ndarray:
-    """Row indices of one bootstrap resample: identities (``unit='identity'``) or images
-    (``'image'``) drawn with replacement, as many as there are."""
+def resample_indices(groups: Sequence[np.ndarray], rng: np.random.Generator, unit: str) -> np.ndarray:
+    """``identity_groups`` → row indices of one bootstrap resample: identities (``unit='identity'``)
+    or images (``'image'``) drawn with replacement, as many as there are."""
     if unit == "image":
-        return rng.integers(0, len(paths), len(paths))
-    groups = identity_groups(paths)
+        n = sum(len(g) for g in groups)
+        return rng.integers(0, n, n)
     drawn = rng.integers(0, len(groups), len(groups))
     return np.concatenate([groups[g] for g in drawn])
 
@@ -126,7 +126,8 @@ def selection_stability(layers: Sequence[str], norms: np.ndarray, labels: np.nda
     started = time.perf_counter()
     norms = np.asarray(norms, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
-    n_ids = len(identity_groups(paths))
+    groups = identity_groups(paths)
+    n_ids = len(groups)
     unit = "identity" if n_ids >= MIN_IDENTITIES else "image"
     rng = np.random.default_rng(seed)
     chosen = [list(layers).index(name) for name in selected]
@@ -134,7 +135,7 @@ def selection_stability(layers: Sequence[str], norms: np.ndarray, labels: np.nda
     counts = np.zeros(len(layers), dtype=np.int64)
     rhos, same = [], 0
     for _ in range(resamples):
-        idx = resample_indices(paths, rng, unit)
+        idx = resample_indices(groups, rng, unit)
         x, y = norms[idx], labels[idx]
         picked = reselect(x, y, top_n)
         counts[picked] += 1
@@ -157,8 +158,8 @@ def selection_stability(layers: Sequence[str], norms: np.ndarray, labels: np.nda
 
 
 def stability_text(stability: dict, selected: Sequence[str]) -> str:
-    """One phrase for a summary line, e.g. ``bootstrap (100 identity resamples): ρ 0.41 [0.33,
-    0.48], same layers 62 %, each selected layer chosen in 62-100 %``."""
+    """One phrase for a summary line, e.g. ``bootstrap (100 identity resamples): rho 0.410 [0.330,
+    0.480], same layers 62 %, selected layers chosen in 62-100 %``."""
     if not stability or not stability.get("resamples"):
         return "no bootstrap"
     rho = stability["rho"]

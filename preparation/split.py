@@ -2,7 +2,7 @@
 
 The rules behind ``./run.sh --photos`` (``froq.pipeline``), as plain functions:
 
-``identity_of(rel)``
+``identity_of(rel)`` (from ``froq.core.images``)
     The identity of an image = its parent folder, relative and POSIX (``'Ann/Ann_0001.png'`` →
     ``'Ann'``, ``'a/b/x.png'`` → ``'a/b'``); ``''`` for an image at the top level. The calibration
     builder (``preparation.calibration``) maps the same identities to ``id_XXXX`` folders.
@@ -28,22 +28,16 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable, Sequence, TypeVar
 
 from froq.core.errors import FroqError
-from froq.core.images import list_images
+from froq.core.images import identity_of, list_images
 
 T = TypeVar("T")
 
 MODES = ("split", "all-target", "all-calibration")
 PARTS = ("calibration", "target")
-
-
-def identity_of(rel: str) -> str:
-    """The identity of an image = its parent folder (relative, POSIX; '' at the top level)."""
-    parent = PurePosixPath(rel).parent.as_posix()
-    return "" if parent == "." else parent
 
 
 def read_identity_list(path: str | os.PathLike) -> set[str]:

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests that drive the stage CLIs in-process."""
+"""Helpers shared by the tests that drive the stage CLIs in-process, and by the methods' tests."""
 
 from __future__ import annotations
 
@@ -27,6 +27,17 @@ def run_in_process(main, argv):
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def as_fr(network, size: int, arch: str = "toy"):
+    """A bare network as an eval-mode ``FRModel`` on CPU (RGB, [-1, 1], ``size``×``size`` input)."""
+    import torch
+
+    from face_recognition_model.loading import FRModel
+    from froq.core.images import Preprocess
+
+    return FRModel(network=network.eval(), preprocess=Preprocess(size=(size, size)), arch=arch,
+                   weights=None, weights_sha256=None, device=torch.device("cpu"))
 
 
 def froq_scores(fr, root, layers, **kwargs):

@@ -281,3 +281,14 @@ def test_read_yaml_errors(tmp_path):
     bad.write_text("a:\n\tb: 1\n")
     with pytest.raises(FroqError, match=r"tab.yaml: not valid YAML \(line 2\)"):
         read_yaml(bad)
+
+
+def test_the_scoring_stages_refuse_a_batch_size_of_zero():
+    from methods.score import SCHEMA as SCORE
+    from observer.inference import SCHEMA as INFERENCE
+
+    given = {"face_recognition_config": "fr.yaml", "target_dataset": "faces", "observer_data": "o.json",
+             "outpath": "q.csv", "batch_size": 0}
+    for schema in (SCORE, INFERENCE):
+        with pytest.raises(FroqError, match="batch_size: must be an integer >= 1"):
+            validate({k: v for k, v in given.items() if k in schema}, schema, "stage.yaml")

@@ -10,11 +10,10 @@ from torch import nn
 
 from face_recognition_model import create_model
 from face_recognition_model.layout import ModelLayout, running_batch_norms
-from face_recognition_model.loading import FRModel
 from froq.core.errors import FroqError
-from froq.core.images import Preprocess
 from methods import run_method
 from methods.grafiqs import VARIANTS, grafiqs_batch, model_parts
+from stage_helpers import as_fr
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -33,11 +32,6 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)  # as load_fr_model leaves them
     return model.eval()
-
-
-def as_fr(network, size, arch):
-    return FRModel(network=network, preprocess=Preprocess(size=(size, size)), arch=arch,
-                   weights=None, weights_sha256=None, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from torch import nn
 
 from face_recognition_model import create_model
 from face_recognition_model.layout import EmbeddingTail, ModelLayout
-from face_recognition_model.loading import FRModel
 from froq.core.errors import FroqError
-from froq.core.images import Preprocess
 from methods import run_method
 from methods.serfiq import find_tail, serfiq_quality, stochastic_embeddings
+from stage_helpers import as_fr
 
 
 def write_faces(folder, n, size, seed=0):
@@ -30,12 +29,6 @@ def write_faces(folder, n, size, seed=0):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / rel)
         paths.append(rel)
     return sorted(paths)
-
-
-def as_fr(network, size, arch="toy"):
-    """Wrap a bare network as an FRModel on CPU (RGB, [-1, 1])."""
-    return FRModel(network=network.eval(), preprocess=Preprocess(size=(size, size)), arch=arch,
-                   weights=None, weights_sha256=None, device=torch.device("cpu"))
 
 
 class PoolFc(nn.Module):

@@ -11,9 +11,9 @@ from torch import nn
 from methods import get_method, list_methods, resolve_options, run_method
 from face_recognition_model import create_model
 from face_recognition_model.iresnet import build_crfiqa_iresnet
-from face_recognition_model.loading import FRModel
 from froq.core.errors import FroqError
 from froq.core.images import ImageFolder, Preprocess, list_images
+from stage_helpers import as_fr
 
 
 def write_faces(folder, n, size, seed=0):
@@ -21,11 +21,6 @@ def write_faces(folder, n, size, seed=0):
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
     return list_images(folder)
-
-
-def as_fr(network, size, arch="toy"):
-    return FRModel(network=network.eval(), preprocess=Preprocess(size=(size, size)), arch=arch,
-                   weights=None, weights_sha256=None, device=torch.device("cpu"))
 
 
 class Tiny(nn.Module):

@@ -215,8 +215,6 @@ def test_options_help_and_paths(tmp_path, capsys):
     # an FR config that is no file here stays relative to the repository; the default out too
     opts = pipeline.resolve_user_paths(pipeline.Options(fr="configs/fr/nowhere.yaml"), str(tmp_path))
     assert opts.fr == "configs/fr/nowhere.yaml" and opts.out == "outputs"
-    assert (pipeline.alignment_template(150), pipeline.alignment_template(112),
-            pipeline.alignment_template(224)) == ("dlib150", "arcface112", None)
     assert (default_mpx(112), default_mpx(150)) == (14, 19)
     odd = "/a b/it's: [x]"
     assert yaml.safe_load(pipeline.yaml_quoted(odd)) == odd

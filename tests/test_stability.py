@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 
 from observer.initialization import select_layers
-from observer.stability import (MIN_IDENTITIES, average_ranks, identity_groups, reselect,
+from observer.stability import (MIN_IDENTITIES, average_ranks, identity_groups, resample_indices, reselect,
                                 selection_stability, stability_text)
 
 N_IDS, PER_ID, N_LAYERS = 15, 4, 12
@@ -96,3 +96,9 @@ def test_a_clear_signal_is_stable_and_noise_is_not():
     sel = select_layers([f"l{j}" for j in range(6)], noise, y, top_n=6)["selected_layers"]
     got = selection_stability([f"l{j}" for j in range(6)], noise, y, paths, sel, top_n=6, resamples=20)
     assert got["same_selection"] < 0.5 and got["rho"]["low"] < 0.05
+
+
+def test_an_image_resample_draws_as_many_images_as_there_are():
+    groups = identity_groups([f"a{i}.png" for i in range(7)] + ["p/x.png", "p/y.png"])
+    idx = resample_indices(groups, np.random.default_rng(0), "image")
+    assert len(idx) == 9 and 0 <= idx.min() and idx.max() < 9

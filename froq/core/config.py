@@ -11,7 +11,7 @@ import copy
 import difflib
 import math
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -236,11 +236,28 @@ def public(cfg: Mapping) -> dict:
     return {k: v for k, v in cfg.items() if not str(k).startswith("_")}
 
 
-def positive_int(value):
-    """Validator: an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be an integer >= 1 (got {value!r})")
-    return value
+def int_at_least(minimum: int):
+    """The validator of an integer >= ``minimum`` (returned unchanged)."""
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be an integer >= {minimum} (got {value!r})")
+        return value
+    return check
+
+
+def number_between(low: float, high: float, low_included: bool = False, example: str = ""):
+    """The validator of a number in (``low``, ``high``) (``[low, high)`` with ``low_included``),
+    returned as a float; ``example`` goes into the error."""
+    def check(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not (low <= value if low_included else low < value) or not value < high):
+            raise ValueError(f"must be a number in {'[' if low_included else '('}{low}, {high})"
+                             f"{f', e.g. {example}' if example else ''} (got {value!r})")
+        return float(value)
+    return check
+
+
+positive_int = int_at_least(1)
 
 
 def int_or_auto(value):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 from froq.core.io import output_lock
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def init(device: torch.device | None = None) -> Rank:
     try:
         torch.distributed.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s()))
     except (RuntimeError, ValueError) as exc:
-        raise FroqError(f"{me}: could not join the other processes ({_first_line(exc)}); check "
+        raise FroqError(f"{me}: could not join the other processes ({first_line(exc)}); check "
                         "MASTER_ADDR/MASTER_PORT or the torchrun rendezvous options") from None
     atexit.register(_leave)
     log.info("%s joined the process group (%s)", me, backend)
@@ -138,11 +138,6 @@ def _leave() -> None:
             pass
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
 def collective(what: str, fn: Callable[[], Any]) -> Any:
     """Run one collective step ``fn``; a peer that died or did not arrive in time becomes one
     FroqError line naming this rank and the step (finished rows stay on disk for a rerun)."""
@@ -151,7 +146,7 @@ def collective(what: str, fn: Callable[[], Any]) -> Any:
         return fn()
     except (RuntimeError, ValueError, ConnectionError) as exc:
         raise FroqError(f"{me}: {what}: another process stopped or did not arrive within "
-                        f"{timeout_s():.0f} s ({_first_line(exc)}); finished rows are kept: run the "
+                        f"{timeout_s():.0f} s ({first_line(exc)}); finished rows are kept: run the "
                         "same command again (with any number of processes) to finish") from None
 
 

@@ -12,14 +12,14 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ def list_images(root: str | os.PathLike, failures: "FailureLog | None" = None) -
     return found
 
 
+def identity_of(rel: str) -> str:
+    """The identity of an image = its parent folder (relative, POSIX; '' at the top level)."""
+    parent = PurePosixPath(rel).parent.as_posix()
+    return "" if parent == "." else parent
+
+
 def read_image_list(list_file: str | os.PathLike) -> list[str]:
     """Relative image paths from a list file (one per line, relative to the images' root), sorted:
     the input of a stage at scale instead of walking a tree (``dataset.list`` / ``target_list``).
@@ -131,7 +137,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"not a regular file (a pipe, device, socket or folder): not opened")
+        raise OSError("not a regular file (a pipe, device, socket or folder): not opened")
     return decode_rgb(path)
 
 
@@ -281,8 +287,7 @@ class ImageFolder(torch.utils.data.Dataset):
                 tensor = self.preprocess.normalize(tensor)
             return index, tensor, None
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return index, None, reason
+            return index, None, first_line(exc, limit=None)
 
 
 @dataclass

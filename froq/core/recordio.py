@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from froq.core.errors import FroqError
+from froq.core.errors import FroqError, first_line
 from froq.core.images import Preprocess, decode_rgb
 
 log = logging.getLogger(__name__)
 
 MAGIC = 0xCED7230A
 _WORDS = struct.Struct("<II")
+_MAGIC_BYTES = struct.pack("<I", MAGIC)  # the word a payload is split at (and re-joined with)
 _HEADER = struct.Struct("<IfQQ")
 _LENGTH_MASK = (1 << 29) - 1
 MAX_PARTS = 1 << 16  # a record split into more parts than this is corrupt
@@ -116,7 +117,7 @@ def read_payload(fh, offset: int, where: str) -> bytes:
         if cflag not in expected:
             raise ValueError(f"{where}: record part flag {cflag} out of sequence (corrupt .rec)")
         if part:
-            chunks.append(_WORDS.pack(MAGIC, 0)[:4])
+            chunks.append(_MAGIC_BYTES)
         chunks.append(data)
         if cflag in (0, 3):
             return b"".join(chunks)
@@ -237,8 +238,7 @@ class RecordDataset(torch.utils.data.Dataset):
                 tensor = self.preprocess.normalize(tensor)
             return index, tensor, None
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return index, None, reason
+            return index, None, first_line(exc, limit=None)
 
 
 def write_records(rec: str | os.PathLike, records: Sequence[tuple[int, float, bytes]],
@@ -262,8 +262,7 @@ def write_records(rec: str | os.PathLike, records: Sequence[tuple[int, float, by
 
 
 def _write_payload(fh, payload: bytes) -> None:
-    magic = _WORDS.pack(MAGIC, 0)[:4]
-    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == magic]
+    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == _MAGIC_BYTES]
     pieces, start = [], 0
     for cut in cuts:
         pieces.append(payload[start:cut])

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from froq.core.config import Key, device_name, override_list
+from froq.core.config import Key, device_name, override_list, positive_int
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 
@@ -19,6 +19,14 @@ COMMON_KEYS = {
     "num_workers": Key("int", default=0, minimum=0, help="DataLoader worker processes"),
     "seed": Key("int", default=0),
     "fr_overrides": Key(override_list, default=[], help="--set style overrides applied to the FR config"),
+}
+
+# the images a scoring stage reads (methods/score.py, observer/inference.py)
+TARGET_KEYS = {
+    "target_dataset": Key("path", help="folder of aligned faces to score (or an insightface train.rec)"),
+    "target_list": Key("path", default=None,
+                       help="text file of image paths relative to target_dataset, one a line (instead of walking the folder)"),
+    "batch_size": Key(positive_int, default=32),
 }
 
 
