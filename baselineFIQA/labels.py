@@ -148,6 +148,12 @@ class PseudoLabeler:
         if settings.occlusion == "incremental":
             self.incremental = plan_incremental(self.network, self.masks, self.fill,
                                                 torch.zeros((1, 3, h, w), device=fr.device))
+        # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
+        runtime = getattr(fr.network, "runtime", None)
+        self.onnx_runtime = runtime() if callable(runtime) and fr.device.type == "cpu" else None
+        if self.onnx_runtime is not None:
+            log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime")
+            self.network, self.memory_format = self.onnx_runtime, torch.contiguous_format
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, D) float32 of many model inputs, ``forward_batch`` at a time."""
@@ -282,8 +288,9 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
         return torch.stack([scores[c] for c in columns], dim=1)
 
     key = {"stage": "pseudo_labels", "model": fr.identity(), "root": str(root),
-           # forward_batch is a speed knob: not part of the key
-           "settings": settings.fingerprint()}
+           # forward_batch is a speed knob: not part of the key; ONNX Runtime rounds differently
+           "settings": {**settings.fingerprint(),
+                        **({"runtime": "onnxruntime"} if labeler.onnx_runtime is not None else {})}}
     result = run_images(root, batch_fn, columns, preprocess=fr.preprocess, device=fr.device,
                         batch_size=batch_size, paths=paths, num_workers=num_workers,
                         resume_path=resume_path, settings=key, failures=failures,

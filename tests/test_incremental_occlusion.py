@@ -133,7 +133,7 @@ def test_swinface_attention_falls_back_to_full_forwards(caplog):
     assert any("full forwards" in r.getMessage() for r in caplog.records)
 
 
-def test_resume_and_cache_keys_name_the_occlusion_path():
+def test_settings_and_cache_keys_name_the_occlusion_path():
     full, inc = LabelSettings(occlusion="full"), LabelSettings()
     assert "occlusion" not in full.fingerprint()  # the key of runs made before the option existed
     assert inc.fingerprint() == {**full.fingerprint(), "occlusion": "incremental"}
@@ -145,3 +145,47 @@ def test_unknown_occlusion_path_is_a_one_line_error():
     fr = fr_model("iresnet18", 112)
     with pytest.raises(FroqError, match="occlusion 'fast': use one of incremental, full"):
         PseudoLabeler(fr, LabelSettings(occlusion="fast"))
+
+
+def test_onnx_labels_through_onnx_runtime_equal_the_torch_graph(tmp_path, caplog):
+    from baselineFIQA.labels import compute_pseudo_labels
+    from test_onnx_model import SIZE, SmallFR, export, fr_config
+
+    path = tmp_path / "small_fr.onnx"
+    export(SmallFR(), path, batch=2, do_constant_folding=False)
+    fr = load_fr_model(fr_config(tmp_path, path))
+    x = faces(3, SIZE)
+    with caplog.at_level(logging.INFO, logger="baselineFIQA.labels"):
+        ort = PseudoLabeler(fr, LabelSettings(mpx=8))
+    assert ort.onnx_runtime is not None and any("ONNX Runtime" in r.getMessage() for r in caplog.records)
+    graph = PseudoLabeler(fr, LabelSettings(mpx=8))
+    graph.network, graph.onnx_runtime = fr.network, None  # the onnx2torch graph's forwards
+    with torch.inference_mode():
+        a, b = ort.score(x), graph.score(x)
+    for column in ("flip", "noise", "occlusion", "quality"):
+        assert (a[column] - b[column]).abs().max() <= 1e-4
+    assert (1 - b["occlusion"]).min() > 1e-3  # the labels are not all 1
+    assert not list(fr.network.runtime().modules())[1:]  # nothing to hook there
+
+
+def test_resume_key_names_the_occlusion_path_and_onnx_runtime(tmp_path, monkeypatch):
+    """The partial file's stamp (run_images' settings) differs between the paths, so a run resumed
+    with another path starts over instead of mixing rows."""
+    from baselineFIQA import labels
+    from test_onnx_model import SmallFR, export, fr_config
+
+    keys = []
+
+    def stamp_only(*args, settings, **kwargs):
+        keys.append(settings["settings"])
+        raise KeyboardInterrupt  # stop before any image is read
+
+    monkeypatch.setattr(labels, "run_images", stamp_only)
+    path = tmp_path / "small_fr.onnx"
+    export(SmallFR(), path, batch=2, do_constant_folding=False)
+    onnx_fr, cnn = load_fr_model(fr_config(tmp_path, path)), fr_model("iresnet18", 112)
+    for fr, occlusion in ((onnx_fr, "full"), (cnn, "full"), (cnn, "incremental")):
+        with pytest.raises(KeyboardInterrupt):
+            labels.compute_pseudo_labels(fr, tmp_path, mpx=8, occlusion=occlusion)
+    assert keys[0]["runtime"] == "onnxruntime" and "runtime" not in keys[1]
+    assert "occlusion" not in keys[1] and keys[2]["occlusion"] == "incremental"
