@@ -17,8 +17,9 @@ whole map, and every other op (global pooling such as SE's, flatten, linear, att
 the node full from there on: the windows are pasted into copies of the clean tensor first, so the
 result is the full forward's whatever the graph. Geometry depends only on the shapes and cells and
 is planned once. A network that cannot be traced, or whose windows would save under
-``MIN_SAVING`` of its convolution and linear FLOPs, is left to full forwards (``plan_incremental`` returns None
-and logs why).
+``MIN_SAVING`` of its convolution and linear FLOPs, is left to full forwards (``plan_incremental``
+returns None and logs why). Share of the FLOPs skipped at the 8×8 grid: IR-18 62%, IR-50 28%,
+dlib 33%, IR-101 15%, IR-SE-50 9% (full forwards), SwinFace 0% (full forwards).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from face_recognition_model.dlib_resnet import Affine, ZeroPadAdd
 
 log = logging.getLogger(__name__)
 
-MIN_SAVING = 0.2  # fraction of the convolution and linear FLOPs the windows must save to be worth it
+MIN_SAVING = 0.1  # fraction of the conv + linear FLOPs the windows must save (IR-101 saves 15%)
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.Sigmoid, nn.Identity,
                      nn.Dropout, Affine, ZeroPadAdd)
 POINTWISE_FUNCTIONS = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub,

@@ -102,7 +102,8 @@ class _Residual(nn.Module):
         self.conv = nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x):
-        return torch.relu(self.conv(x) + x) * 0.5
+        y = torch.relu(self.conv(x) + x) * 0.5
+        return y * torch.sigmoid(y.mean(dim=(2, 3), keepdim=True))  # an SE-like global gate
 
 
 class _Untraceable(nn.Module):
