@@ -131,7 +131,8 @@ class _Crop:
 def _crop_plan(box: Box | None, wy, wx, nh: int, nw: int, pad=(0, 0), fill=0.0) -> _Crop:
     """How to read windows (origins wy, wx in padded coordinates, size nh×nw) of a tensor whose
     region is ``box`` (None: clean)."""
-    if box is not None and pad == (0, 0) and (box.h, box.w) == (nh, nw) and (box.y == wy).all() and (box.x == wx).all():
+    if (box is not None and pad == (0, 0) and (box.h, box.w) == (nh, nw)
+            and (box.y == wy).all() and (box.x == wx).all()):
         return _Crop(same=True)
     m = len(wy)
     crop = _Crop(torch.from_numpy(wy[:, None] + np.arange(nh)), torch.from_numpy(wx[:, None] + np.arange(nw)),
@@ -210,7 +211,8 @@ class IncrementalOcclusion:
         rule = _local_rule(target) if node.op == "call_module" else None
         if rule is not None:
             return self._plan_local(node, rule, regions[0])
-        pointwise = isinstance(target, POINTWISE_MODULES) if node.op == "call_module" else target in POINTWISE_FUNCTIONS
+        pointwise = (isinstance(target, POINTWISE_MODULES) if node.op == "call_module"
+                     else target in POINTWISE_FUNCTIONS)
         if pointwise and not (isinstance(target, (nn.BatchNorm2d, nn.Dropout)) and target.training):
             return self._plan_pointwise(node, regions)
         return self._full(node, target)
@@ -322,7 +324,8 @@ class IncrementalOcclusion:
                     full[node] = torch.where(self.masks, self.fill.view(1, -1, 1, 1), x)
                 else:
                     b = step.region
-                    win = _read(_crop_plan(None, b.y, b.x, b.h, b.w), x.contiguous(memory_format=torch.channels_last), None)
+                    win = _read(_crop_plan(None, b.y, b.x, b.h, b.w),
+                                x.contiguous(memory_format=torch.channels_last), None)
                     patches[node] = torch.where(step.local, self.fill.view(1, -1, 1, 1).to(win.dtype), win)
             elif step.region == FULL:
                 full[node] = self._call(node, materialise)
@@ -354,5 +357,6 @@ def plan_incremental(network: nn.Module, masks: torch.Tensor, fill: torch.Tensor
         log.info("occlusion: %s: windows would skip only %.0f%% of the convolution and linear FLOPs: full forwards",
                  name, 100 * plan.saving())
         return None
-    log.info("occlusion: %s: incremental, %.0f%% of the convolution and linear FLOPs skipped", name, 100 * plan.saving())
+    log.info("occlusion: %s: incremental, %.0f%% of the convolution and linear FLOPs skipped",
+             name, 100 * plan.saving())
     return plan

@@ -263,9 +263,9 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
 
     In: a loaded FR model, an image folder (or explicit relative ``paths``), the auxiliary FIQA's
     constants (``mpx`` one cell size or several; ``weights`` of flip, noise, occlusion;
-    ``noise_model`` mix or relative; ``occlusion`` incremental or full), and optionally ``resume_path`` (the final CSV path; finished
-    rows are kept in ``<resume_path>.partial`` and reused when run again with the same settings and
-    image files). Out: ``RunResult`` with the columns of ``label_columns`` (flip, noise, occlusion,
+    ``noise_model`` mix or relative; ``occlusion`` incremental or full), and optionally
+    ``resume_path`` (the final CSV path; finished rows are kept in ``<resume_path>.partial`` and
+    reused when run again with the same settings and image files). Out: ``RunResult`` with the columns of ``label_columns`` (flip, noise, occlusion,
     quality, then per-α / per-size terms when there are several), in file order, readable images
     only; unreadable ones go to ``failures``. FroqError when none is readable or a setting is bad.
     """
