@@ -190,6 +190,10 @@ class IncrementalOcclusion:
         self.flops = [0, 0]  # conv + linear multiply-adds per cell: (full forward, incremental)
         for node in graph.graph.nodes:
             self.steps[node] = self._plan(node)
+        for crop in (c for step in self.steps.values() for c in (step.crops or {}).values()):
+            for name in ("Y", "X", "dst", "src"):  # index tensors on the model's device (CUDA)
+                if getattr(crop, name) is not None:
+                    setattr(crop, name, getattr(crop, name).to(example.device))
 
     def saving(self) -> float:
         """Fraction of the full forward's convolution and linear FLOPs the windows skip."""
