@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from baselineFIQA import perturbations
+from baselineFIQA.incremental import plan_incremental
 from face_recognition_model.loading import FRModel
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
@@ -36,6 +37,7 @@ COLUMNS = ("path", "flip", "noise", "occlusion", "quality")
 
 
 PAPER_WEIGHTS = (1.0, 1.0, 1.0)
+OCCLUSION_PATHS = ("incremental", "full")
 
 
 @dataclass
@@ -44,7 +46,9 @@ class LabelSettings:
     px (one int = the paper; a list = several grids), seed; the components' weights (flip, noise,
     occlusion; equal = the paper's mean) and the noise model (``mix`` = the paper, ``relative``);
     and how the forwards run: perturbed images per forward call, fp16 autocast on CUDA, the
-    channels-last memory format (faster convolutions on CPU; numbers within ~1e-6)."""
+    channels-last memory format (faster convolutions on CPU; numbers within ~1e-6), and the
+    occlusion path (``incremental``: recompute only where each cell reaches, baselineFIQA/
+    incremental.py, numbers within ~1e-6; ``full``: one full forward per occluded copy)."""
 
     alphas: Sequence[float] = (0.001,)
     noise_count: int = 10
@@ -55,6 +59,7 @@ class LabelSettings:
     channels_last: bool = False
     weights: Sequence[float] = PAPER_WEIGHTS
     noise_model: str = "mix"
+    occlusion: str = "incremental"
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -63,15 +68,18 @@ class LabelSettings:
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (for the resume key and the meta JSON): the paper's
-        keys always; weights and noise model only when they differ from the paper (so partial
-        files of paper runs made before these options existed stay valid)."""
+        keys always; weights, noise model and the incremental occlusion path only when they differ
+        from the paper's full forwards (so partial files of paper runs made before these options
+        existed stay valid)."""
         key = {k: v for k, v in self.__dict__.items()
-               if k not in ("forward_batch", "weights", "noise_model")}
+               if k not in ("forward_batch", "weights", "noise_model", "occlusion")}
         key["mpx"] = self.cells[0] if len(self.cells) == 1 else list(self.cells)
         if tuple(float(w) for w in self.weights) != PAPER_WEIGHTS:
             key["weights"] = [float(w) for w in self.weights]
         if self.noise_model != "mix":
             key["noise_model"] = self.noise_model
+        if self.occlusion != "full":
+            key["occlusion"] = self.occlusion
         return key
 
 
@@ -85,6 +93,8 @@ def check_settings(settings: LabelSettings, size: Sequence[int]) -> None:
     if settings.noise_model not in perturbations.NOISE_MODELS:
         raise FroqError(f"noise model {settings.noise_model!r}: use one of "
                         f"{', '.join(perturbations.NOISE_MODELS)}")
+    if settings.occlusion not in OCCLUSION_PATHS:
+        raise FroqError(f"occlusion {settings.occlusion!r}: use one of {', '.join(OCCLUSION_PATHS)}")
     if not settings.alphas:
         raise FroqError("alphas: give at least one noise strength, e.g. [0.001]")
     cells = settings.cells
@@ -134,6 +144,16 @@ class PseudoLabeler:
         if settings.channels_last and any(p.dim() == 4 for p in fr.network.parameters()):
             self.network = copy.deepcopy(fr.network).to(memory_format=torch.channels_last)
             self.memory_format = torch.channels_last
+        self.incremental = None  # the plan of the incremental occlusion path, when it applies
+        if settings.occlusion == "incremental":
+            self.incremental = plan_incremental(self.network, self.masks, self.fill,
+                                                torch.zeros((1, 3, h, w), device=fr.device))
+        # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
+        runtime = getattr(fr.network, "runtime", None)
+        self.onnx_runtime = runtime() if callable(runtime) and fr.device.type == "cpu" else None
+        if self.onnx_runtime is not None:
+            log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime")
+            self.network, self.memory_format = self.onnx_runtime, torch.contiguous_format
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, D) float32 of many model inputs, ``forward_batch`` at a time."""
@@ -168,7 +188,12 @@ class PseudoLabeler:
 
     def occlusion_terms(self, x: torch.Tensor, ref: torch.Tensor) -> list[torch.Tensor]:
         """Per cell size: (B,) mean cosine to the copies with one grid cell occluded, over every
-        cell of that size's grid. All sizes' masks go through the same forward batches."""
+        cell of that size's grid. All sizes' masks go through the same forward batches (or one
+        image at a time through the incremental plan)."""
+        if self.incremental is not None:
+            with torch.inference_mode(), autocast_context(self.fr.device, self.s.autocast):
+                emb = torch.stack([self.incremental.embeddings(xi[None]).float() for xi in x])
+            return self._split_cells(F.cosine_similarity(emb, ref.unsqueeze(1), dim=-1))
         # a few images at a time × all masks keeps memory bounded for big batches
         per_image = max(1, self.s.forward_batch // self.masks.shape[0])
         parts = []
@@ -176,7 +201,10 @@ class PseudoLabeler:
             xs = x[start:start + per_image]
             parts.append(self._cos_each(ref[start:start + per_image],
                                         perturbations.occlude(xs, self.masks, self.fill), self.masks.shape[0]))
-        cos = torch.cat(parts)
+        return self._split_cells(torch.cat(parts))
+
+    def _split_cells(self, cos: torch.Tensor) -> list[torch.Tensor]:
+        """(B, all masks) cosines → per cell size: (B,) mean over that size's cells."""
         terms, start = [], 0
         for count in self.grid_sizes:
             terms.append(cos[:, start:start + count].mean(dim=1))
@@ -230,14 +258,14 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
                           resume_path: str | Path | None = None, failures: FailureLog | None = None,
                           channels_last: bool | str = "auto",
                           weights: Sequence[float] = PAPER_WEIGHTS,
-                          noise_model: str = "mix") -> RunResult:
+                          noise_model: str = "mix", occlusion: str = "incremental") -> RunResult:
     """Pseudo-labels of the images of ``root`` with model ``fr``.
 
     In: a loaded FR model, an image folder (or explicit relative ``paths``), the auxiliary FIQA's
     constants (``mpx`` one cell size or several; ``weights`` of flip, noise, occlusion;
-    ``noise_model`` mix or relative), and optionally ``resume_path`` (the final CSV path; finished
-    rows are kept in ``<resume_path>.partial`` and reused when run again with the same settings and
-    image files). Out: ``RunResult`` with the columns of ``label_columns`` (flip, noise, occlusion,
+    ``noise_model`` mix or relative; ``occlusion`` incremental or full), and optionally
+    ``resume_path`` (the final CSV path; finished rows are kept in ``<resume_path>.partial`` and
+    reused when run again with the same settings and image files). Out: ``RunResult`` with the columns of ``label_columns`` (flip, noise, occlusion,
     quality, then per-α / per-size terms when there are several), in file order, readable images
     only; unreadable ones go to ``failures``. FroqError when none is readable or a setting is bad.
     """
@@ -250,7 +278,8 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
         cells = cells[0]  # a list of one size is the paper's single grid (same key, same columns)
     settings = LabelSettings(alphas=tuple(float(a) for a in alphas), noise_count=noise_count, mpx=cells,
                              seed=seed, forward_batch=forward_batch, channels_last=bool(channels_last),
-                             weights=tuple(float(w) for w in weights), noise_model=noise_model)
+                             weights=tuple(float(w) for w in weights), noise_model=noise_model,
+                             occlusion=occlusion)
     labeler = PseudoLabeler(fr, settings)
     columns = labeler.columns[1:]
 
@@ -259,8 +288,9 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
         return torch.stack([scores[c] for c in columns], dim=1)
 
     key = {"stage": "pseudo_labels", "model": fr.identity(), "root": str(root),
-           # forward_batch is a speed knob: not part of the key
-           "settings": settings.fingerprint()}
+           # forward_batch is a speed knob: not part of the key; ONNX Runtime rounds differently
+           "settings": {**settings.fingerprint(),
+                        **({"runtime": "onnxruntime"} if labeler.onnx_runtime is not None else {})}}
     result = run_images(root, batch_fn, columns, preprocess=fr.preprocess, device=fr.device,
                         batch_size=batch_size, paths=paths, num_workers=num_workers,
                         resume_path=resume_path, settings=key, failures=failures,

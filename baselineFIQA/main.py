@@ -13,7 +13,8 @@ import sys
 import time
 
 from baselineFIQA.cache import cached_pseudo_labels, label_settings_key
-from baselineFIQA.labels import PAPER_WEIGHTS, LabelSettings, compute_pseudo_labels, label_columns
+from baselineFIQA.labels import (OCCLUSION_PATHS, PAPER_WEIGHTS, LabelSettings, compute_pseudo_labels,
+                                 label_columns)
 from baselineFIQA.perturbations import NOISE_MODELS
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import (Key, bool_or_auto, float_list, image_size, int_or_auto, load_config,
@@ -50,10 +51,10 @@ def weight_list(value):
     return value
 
 
-def options_key(cells, weights, noise_model: str) -> dict:
+def options_key(cells, weights, noise_model: str, occlusion: str = "full") -> dict:
     """The label options beyond the paper that change the numbers, for the labels-cache key: empty
-    for the paper's settings (so paper entries stay valid), else the cell sizes / weights / noise
-    model that differ."""
+    for the paper's settings with full occlusion forwards (so entries made before these options
+    stay valid), else the cell sizes / weights / noise model / occlusion path that differ."""
     key = {}
     if len(cells) > 1:
         key["mpx"] = [int(c) for c in cells]
@@ -61,6 +62,8 @@ def options_key(cells, weights, noise_model: str) -> dict:
         key["component_weights"] = [float(w) for w in weights]
     if noise_model != "mix":
         key["noise_model"] = noise_model
+    if occlusion != "full":
+        key["occlusion"] = occlusion
     return key
 
 SCHEMA = {
@@ -82,6 +85,9 @@ SCHEMA = {
                          help="perturbed images per forward call; auto = 32 on CPU, 256 on CUDA"),
     "channels_last": Key(bool_or_auto, default="auto",
                          help="run the forwards in channels-last memory format; auto = on CPU"),
+    "occlusion": Key("str", default="incremental", choices=OCCLUSION_PATHS,
+                     help="incremental = recompute only where each occluded cell reaches (same labels "
+                          "within 1e-5, faster); full = one full forward per occluded copy"),
     "outpath": Key("path", help="output CSV (or a folder: labels.csv inside)"),
     **COMMON_KEYS,
 }
@@ -112,13 +118,13 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         # finished labels of the same images, model and settings are reused (baselineFIQA/cache.py)
         key = label_settings_key(fr, ds["alphas"], ds["noise_count"], cells[0], cfg["seed"], cfg["channels_last"])
-        key.update(options_key(cells, ds["component_weights"], ds["noise_model"]))
+        key.update(options_key(cells, ds["component_weights"], ds["noise_model"], cfg["occlusion"]))
         compute = lambda: compute_pseudo_labels(  # noqa: E731
                 fr, ds["path"], paths=paths, batch_size=ds["batch_size"], alphas=ds["alphas"],
                 mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
                 noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
                 resume_path=out, failures=failures, channels_last=cfg["channels_last"],
-                weights=ds["component_weights"], noise_model=ds["noise_model"])
+                weights=ds["component_weights"], noise_model=ds["noise_model"], occlusion=cfg["occlusion"])
         if paths is None and not rank.active and not is_record_file(ds["path"]):
             result, reused = cached_pseudo_labels(fr, ds["path"], key, columns[1:], failures=failures,
                                                   compute=compute)

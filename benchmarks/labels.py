@@ -1,14 +1,18 @@
-"""Pseudo-label speed: images/s of stage 1 against a plain forward, each speed option on and off,
-and against another checkout of the repository (e.g. main before a change), in one command.
+"""Pseudo-label speed: images/s of stage 1 against a plain forward, the official implementation's
+label computation rule, each occlusion path, and another checkout of the repository (e.g. main
+before a change), in one command.
 
     python benchmarks/labels.py --fr configs/fr/dlib_resnet.yaml --images DIR [--baseline DIR]
 
-Every row runs ``PseudoLabeler.score`` (the labels' own code path: flip, K noise draws, every
-occlusion cell) on the same preloaded faces with the same weights, so reading images is not
-timed. ``x fwd`` = seconds per labelled image / seconds per plain forward of one image (the floor
-is 2 + K + cells, 76 with the paper's constants). ``--baseline DIR`` runs the same measurement with
-the code of the checkout ``DIR`` (its ``PYTHONPATH``) in a child process and reports its rows
-too; ``max |Δ|`` compares every row's labels with the baseline's (or the first row's).
+Every ``labels`` row runs ``PseudoLabeler.score`` (the labels' own code path: flip, K noise draws,
+every occlusion cell) on the same preloaded faces with the same weights, so reading images is not
+timed. The ``official rule`` row computes the same labels as the official code does: one full
+forward of the batch of images per perturbation (clean, flip, each noise draw, each occluded
+cell), fp32. ``x fwd`` = seconds per labelled image / seconds per plain forward of one image (the
+official rule's count is 2 + K + cells, 76 with the paper's constants). ``--baseline DIR`` runs
+the same measurement with the code of the checkout ``DIR`` (its ``PYTHONPATH``) in a child process
+and reports its rows too; ``speed-up`` and ``max |Δ|`` compare every row with the baseline's first
+labels row (or this checkout's ``occlusion full`` row), ``max |Δ| official`` with the official rule.
 Timings use ``--threads`` torch threads (default 1: on a shared 2-core CPU, 2 threads were
 erratic); the fastest of ``--repeats`` runs is reported beside the median.
 """
@@ -55,12 +59,13 @@ def measure(args) -> dict:
     fields = set(LabelSettings.__dataclass_fields__)
     rows = {"forward (plain)": {}}
     variants = [("labels, this checkout's defaults", {})]
-    if "channels_last" in fields:
-        variants = [("labels, channels_last on (default on CPU)", {"channels_last": True}),
-                    ("labels, channels_last off", {"channels_last": False})]
-    variants += [(f"labels, forward_batch {fb}", {"forward_batch": fb, **({"channels_last": True}
-                  if "channels_last" in fields else {})}) for fb in args.forward_batches]
+    if "occlusion" in fields:
+        variants = [("labels, occlusion full", {"occlusion": "full"}),
+                    ("labels, occlusion incremental (default)", {"occlusion": "incremental"})]
+    variants += [(f"labels, forward_batch {fb}", {"forward_batch": fb}) for fb in args.forward_batches]
     mpx = args.mpx or (min(fr.preprocess.size) + 4) // 8
+    if args.official:
+        rows["official rule"] = {}
 
     def forward():
         with torch.no_grad():
@@ -76,6 +81,10 @@ def measure(args) -> dict:
         start = time.perf_counter()
         forward()
         rows["forward (plain)"].setdefault("seconds", []).append(time.perf_counter() - start)
+        if args.official:
+            start = time.perf_counter()
+            rows["official rule"]["labels"] = official_rule(fr, x, mpx)
+            rows["official rule"].setdefault("seconds", []).append(time.perf_counter() - start)
         for name, labeler in labelers.items():
             start = time.perf_counter()
             out = labeler.score(x)
@@ -83,29 +92,61 @@ def measure(args) -> dict:
             rows[name]["labels"] = out["quality"].tolist()
     cells = labelers[variants[0][0]].masks.shape[0]
     return {"rows": rows, "images": len(paths), "arch": fr.arch, "forwards": 2 + 10 + cells,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "threads": args.threads,
+            "load": " ".join(f"{v:.1f}" for v in os.getloadavg())}
+
+
+def official_rule(fr, x, mpx: int, noise_count: int = 10, alpha: float = 0.001) -> list[float]:
+    """Labels (B,) by the official implementation's rule: each perturbation is one full fp32
+    forward of the whole batch (clean, flip, K noise draws, every occluded cell), label = mean of
+    the mean cosines of flip, noise and occlusion."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = fr.preprocess.size
+    noise = torch.randn((noise_count, 3, h, w), generator=torch.Generator().manual_seed(0))
+    black = fr.preprocess.black_value().view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = fr.network(x)
+        cos = lambda y: F.cosine_similarity(fr.network(y), ref, dim=-1)  # noqa: E731
+        flip = cos(torch.flip(x, dims=[-1]))
+        noisy = torch.stack([cos((1 - alpha) * x + alpha * n) for n in noise]).mean(0)
+        occluded = []
+        for top in range(0, h, mpx):
+            for left in range(0, w, mpx):
+                y = x.clone()
+                y[:, :, top:top + mpx, left:left + mpx] = black
+                occluded.append(cos(y))
+        return ((flip + noisy + torch.stack(occluded).mean(0)) / 3).tolist()
 
 
 def report(mine: dict, base: dict | None, label: str) -> None:
-    """Print the table: img/s, x fwd, speed-up against the baseline's (or this checkout's) labels."""
+    """Print the table: img/s, x fwd, speed-up and max |Δ| against the baseline's (or this
+    checkout's full-forward) labels, and max |Δ| against the official rule."""
     n = mine["images"]
     fwd = min(mine["rows"]["forward (plain)"]["seconds"]) / n
     ref_rows = (base or mine)["rows"]
-    ref_name = next(k for k in ref_rows if k.startswith("labels"))
+    ref_name = next((k for k in ref_rows if k == "labels, occlusion full"),
+                    next(k for k in ref_rows if k.startswith("labels")))
     ref_time = min(ref_rows[ref_name]["seconds"])
     ref_labels = ref_rows[ref_name]["labels"]
-    print(f"\n{label}: {mine['arch']}, {n} faces, torch {mine['torch']}, floor {mine['forwards']} forwards/image")
+    official = mine["rows"].get("official rule", {}).get("labels")
+    print(f"\n{label}: {mine['arch']}, {n} faces, torch {mine['torch']}, {mine['threads']} thread(s), "
+          f"load {mine['load']}, official rule {mine['forwards']} forwards/image")
     print(f"speed-up and max |Δ| against: {'baseline ' if base else ''}{ref_name}")
-    print("| row | img/s (fastest) | img/s (median) | x fwd | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    print("| row | img/s (fastest) | img/s (median) | x fwd | speed-up | max abs diff | max abs diff official |")
+    print("|---|---|---|---|---|---|---|")
+
+    def diff(labels, other):
+        return f"{max(abs(a - b) for a, b in zip(labels, other)):.1e}" if other else ""
+
     for name, row in mine["rows"].items():
         best, med = min(row["seconds"]), statistics.median(row["seconds"])
         if name == "forward (plain)":
-            print(f"| {name} | {n / best:.2f} | {n / med:.2f} | 1.00 | | |")
+            print(f"| {name} | {n / best:.2f} | {n / med:.2f} | 1.00 | | | |")
             continue
-        diff = max(abs(a - b) for a, b in zip(row["labels"], ref_labels))
         print(f"| {name} | {n / best:.3f} | {n / med:.3f} | {best / n / fwd:.1f} | "
-              f"{ref_time / best:.2f}x | {diff:.1e} |")
+              f"{ref_time / best:.2f}x | {diff(row['labels'], ref_labels)} | {diff(row['labels'], official)} |")
 
 
 def main(argv=None) -> int:
@@ -116,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-images", type=int, default=16)
     p.add_argument("--mpx", type=int, default=0, help="occlusion cell (default: an 8x8 grid)")
     p.add_argument("--forward-batches", type=int, nargs="*", default=[16, 64])
+    p.add_argument("--no-official", dest="official", action="store_false",
+                   help="skip the official rule's row (the slowest)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--baseline", default=None, help="another checkout to measure the same way")
@@ -132,7 +175,7 @@ def main(argv=None) -> int:
                "FROQ_BENCH_REPO": str(Path(args.baseline).resolve())}
         child = [sys.executable, str(Path(__file__).resolve()), *[a for a in (argv or sys.argv[1:])
                  if a != "--baseline" and a != args.baseline], "--json", str(out),
-                 "--forward-batches"]
+                 "--forward-batches", "--no-official"]
         subprocess.run(child, check=True, env=env, cwd=args.baseline)
         base = json.loads(out.read_text())
         out.unlink()

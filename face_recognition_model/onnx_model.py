@@ -30,7 +30,9 @@ image by image; the rows must agree (relative 1e-3), so batches mixing images ar
 
 The module is an ``OnnxFRGraph`` (onnx2torch's ``GraphModule``, same submodules and forward)
 whose ``layout()`` declares its running batch norms and, for lack of knowledge of an arbitrary
-graph, no embedding tail, residual stages or quality head.
+graph, no embedding tail, residual stages or quality head. ``runtime()`` gives the same graph (as
+edited above) as an ONNX Runtime session for forwards that observe no layer (pseudo-labels): ONNX
+Runtime runs a graph faster than its onnx2torch conversion on CPU (benchmarks/README.md).
 
 Batch norm: onnx2torch turns ``BatchNormalization`` nodes whose parameters are initializers into
 ``nn.BatchNorm1d/2d/3d`` with running statistics (usable by GraFIQs). Exporters usually fold batch
@@ -199,7 +201,18 @@ def _make_batch_dynamic(model, batch: int) -> int:
 
 class OnnxFRGraph(torch.fx.GraphModule):
     """The converted graph: onnx2torch's ``GraphModule`` with the same submodules (names, order,
-    types) and forward, plus the model-zoo ``layout()``."""
+    types) and forward, plus the model-zoo ``layout()`` and ``runtime()``."""
+
+    onnx_bytes: bytes = b""  # the edited ONNX graph it was converted from (set by build_onnx)
+
+    def runtime(self) -> "OnnxRuntimeForward | None":
+        """The graph as an ONNX Runtime module on CPU (same input and output), or None when
+        onnxruntime is not installed or the graph is unknown."""
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        return OnnxRuntimeForward(self.onnx_bytes, onnxruntime) if self.onnx_bytes else None
 
     def layout(self) -> ModelLayout:
         """No embedding tail, residual stages or quality head are known in an arbitrary graph;
@@ -211,6 +224,24 @@ class OnnxFRGraph(torch.fx.GraphModule):
                                      "them into the convolutions, re-export with "
                                      "do_constant_folding=False to keep them"),
             why_no_quality_head="an ONNX graph has no known quality head")
+
+
+class OnnxRuntimeForward(nn.Module):
+    """An ONNX graph run by ONNX Runtime on CPU: (B, C, H, W) float tensor → its first output as a
+    float32 tensor. No submodules (nothing to hook); torch's thread count at creation."""
+
+    def __init__(self, onnx_bytes: bytes, onnxruntime) -> None:
+        super().__init__()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch on CPU → first graph output (torch tensor)."""
+        feed = {self.input_name: x.detach().float().contiguous().numpy()}
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
 
 def _rename_reserved(model) -> None:
@@ -253,8 +284,10 @@ def _convert(model, source: str) -> nn.Module:
         raise FroqError(f"{source}: onnx2torch cannot convert this graph (opset "
                         f"{_default_opset(model)}): {_first_line(exc)}") from None
     # the same submodules in the same order (GraphModule copies them in graph order, as
-    # onnx2torch's own construction did), now with the zoo's layout()
-    return OnnxFRGraph(module, module.graph, class_name="OnnxFRGraph").eval()
+    # onnx2torch's own construction did), now with the zoo's layout() and runtime()
+    graph = OnnxFRGraph(module, module.graph, class_name="OnnxFRGraph").eval()
+    graph.onnx_bytes = model.SerializeToString()
+    return graph
 
 
 def _run(module: nn.Module, x: torch.Tensor, source: str) -> torch.Tensor:
