@@ -175,15 +175,31 @@ def cached_pseudo_labels(fr, root: str | os.PathLike, settings: Mapping, columns
     return result, None
 
 
-def label_settings_key(fr, alphas: Sequence[float], noise_count: int, mpx: int, seed: int,
-                       channels_last: bool | str = "auto") -> dict:
-    """The label settings that change the numbers, as the cache key takes them: α, K, cell, seed,
-    the channels-last format (``auto`` resolved as the stage does), fp16 autocast (on CUDA) and the
-    device type (CPU and CUDA round differently)."""
-    from baselineFIQA.labels import auto_channels_last
+def label_settings_key(fr, alphas: Sequence[float], noise_count: int, mpx: int | Sequence[int], seed: int,
+                       channels_last: bool | str = "auto", weights: Sequence[float] = (1.0, 1.0, 1.0),
+                       noise_model: str = "mix", occlusion: str = "incremental") -> dict:
+    """The label settings that change the numbers, as the cache key takes them (the one key of the
+    stage and the API): α, K, cell size(s), seed, the channels-last format (``auto`` resolved as the
+    stage does), fp16 autocast (on CUDA), the device type (CPU and CUDA round differently), and the
+    options beyond the paper only where they differ from it (weights, noise model, several cells,
+    the incremental occlusion path, ONNX Runtime), so entries of paper runs made before an option
+    existed stay valid."""
+    from baselineFIQA.labels import PAPER_WEIGHTS, auto_channels_last, uses_onnx_runtime
 
     if channels_last in (None, "auto"):
         channels_last = auto_channels_last(fr.device)
-    return {"alphas": [float(a) for a in alphas], "noise_count": int(noise_count), "mpx": int(mpx),
-            "seed": int(seed), "channels_last": bool(channels_last),
-            "autocast_fp16": fr.device.type == "cuda", "device": fr.device.type}
+    cells = [int(mpx)] if isinstance(mpx, int) else [int(c) for c in mpx]
+    key = {"alphas": [float(a) for a in alphas], "noise_count": int(noise_count), "mpx": cells[0],
+           "seed": int(seed), "channels_last": bool(channels_last),
+           "autocast_fp16": fr.device.type == "cuda", "device": fr.device.type}
+    if len(cells) > 1:
+        key["mpx"] = cells
+    if tuple(float(w) for w in weights) != PAPER_WEIGHTS:
+        key["component_weights"] = [float(w) for w in weights]
+    if noise_model != "mix":
+        key["noise_model"] = noise_model
+    if occlusion != "full":
+        key["occlusion"] = occlusion
+    if uses_onnx_runtime(fr):
+        key["runtime"] = "onnxruntime"
+    return key

@@ -149,8 +149,7 @@ class PseudoLabeler:
             self.incremental = plan_incremental(self.network, self.masks, self.fill,
                                                 torch.zeros((1, 3, h, w), device=fr.device))
         # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
-        runtime = getattr(fr.network, "runtime", None)
-        self.onnx_runtime = runtime() if callable(runtime) and fr.device.type == "cpu" else None
+        self.onnx_runtime = fr.network.runtime() if uses_onnx_runtime(fr) else None
         if self.onnx_runtime is not None:
             log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime")
             self.network, self.memory_format = self.onnx_runtime, torch.contiguous_format
@@ -242,6 +241,12 @@ def auto_forward_batch(device: torch.device) -> int:
     """``forward_batch: auto``: 256 perturbed images per forward on CUDA, 32 on CPU (measured: on
     CPU bigger chunks only cost memory traffic, 32 is ~1.6x faster than 256)."""
     return 256 if device.type == "cuda" else 32
+
+
+def uses_onnx_runtime(fr: FRModel) -> bool:
+    """Whether the labels' forwards of ``fr`` run in ONNX Runtime: an ONNX graph (it offers
+    ``runtime()``) on the CPU."""
+    return callable(getattr(fr.network, "runtime", None)) and fr.device.type == "cpu"
 
 
 def auto_channels_last(device: torch.device) -> bool:

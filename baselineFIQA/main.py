@@ -51,21 +51,6 @@ def weight_list(value):
     return value
 
 
-def options_key(cells, weights, noise_model: str, occlusion: str = "full") -> dict:
-    """The label options beyond the paper that change the numbers, for the labels-cache key: empty
-    for the paper's settings with full occlusion forwards (so entries made before these options
-    stay valid), else the cell sizes / weights / noise model / occlusion path that differ."""
-    key = {}
-    if len(cells) > 1:
-        key["mpx"] = [int(c) for c in cells]
-    if tuple(float(w) for w in weights) != PAPER_WEIGHTS:
-        key["component_weights"] = [float(w) for w in weights]
-    if noise_model != "mix":
-        key["noise_model"] = noise_model
-    if occlusion != "full":
-        key["occlusion"] = occlusion
-    return key
-
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config, e.g. configs/fr/dlib_resnet.yaml"),
     "dataset.path": Key("path", help="folder of aligned calibration faces (or an insightface train.rec)"),
@@ -117,8 +102,8 @@ def main(argv=None) -> None:
         failures = FailureLog("pseudo-labels")
         start = time.perf_counter()
         # finished labels of the same images, model and settings are reused (baselineFIQA/cache.py)
-        key = label_settings_key(fr, ds["alphas"], ds["noise_count"], cells[0], cfg["seed"], cfg["channels_last"])
-        key.update(options_key(cells, ds["component_weights"], ds["noise_model"], cfg["occlusion"]))
+        key = label_settings_key(fr, ds["alphas"], ds["noise_count"], cells, cfg["seed"], cfg["channels_last"],
+                                 ds["component_weights"], ds["noise_model"], cfg["occlusion"])
         compute = lambda: compute_pseudo_labels(  # noqa: E731
                 fr, ds["path"], paths=paths, batch_size=ds["batch_size"], alphas=ds["alphas"],
                 mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],

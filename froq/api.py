@@ -216,7 +216,7 @@ def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | tor
     with output_lock(save) if save is not None else contextlib.nullcontext():
         if is_record_file(folder):  # as the stage: no whole-folder cache for a RecordIO set
             result = compute()
-        else:  # the paper's label options: the stage's options_key adds nothing to this key
+        else:  # the stage's key, with the API's settings (the paper's options, incremental occlusion)
             key = label_settings_key(fr, alphas, noise_count, mpx, seed)
             result, _ = cached_pseudo_labels(fr, folder, key, LABEL_COLUMNS[1:], compute)
         if save is not None:

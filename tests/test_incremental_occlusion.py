@@ -13,7 +13,7 @@ from torch import nn
 
 from baselineFIQA import incremental, perturbations
 from baselineFIQA.labels import LabelSettings, PseudoLabeler
-from baselineFIQA.main import options_key
+from baselineFIQA.cache import label_settings_key
 from face_recognition_model.loading import load_fr_model
 from froq.core.errors import FroqError
 
@@ -138,8 +138,13 @@ def test_settings_and_cache_keys_name_the_occlusion_path():
     full, inc = LabelSettings(occlusion="full"), LabelSettings()
     assert "occlusion" not in full.fingerprint()  # the key of runs made before the option existed
     assert inc.fingerprint() == {**full.fingerprint(), "occlusion": "incremental"}
-    assert options_key([14], (1, 1, 1), "mix", "full") == {}
-    assert options_key([14], (1, 1, 1), "mix", "incremental") == {"occlusion": "incremental"}
+    fr = fr_model("iresnet18", 112)
+    paper = label_settings_key(fr, [0.001], 10, 14, 0, occlusion="full")  # the key of entries made before
+    assert "occlusion" not in paper and "runtime" not in paper
+    assert label_settings_key(fr, [0.001], 10, [14], 0) == {**paper, "occlusion": "incremental"}
+    # the API's labels (its defaults) and the stage's (config defaults) share one key
+    assert label_settings_key(fr, [0.001], 10, 14, 0) == label_settings_key(
+        fr, [0.001], 10, [14], 0, "auto", [1, 1, 1], "mix", "incremental")
 
 
 def test_unknown_occlusion_path_is_a_one_line_error():
