@@ -14,6 +14,7 @@ counts the same, whatever its number of cells) and each size gets a column ``occ
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,8 +246,9 @@ def auto_forward_batch(device: torch.device) -> int:
 
 def uses_onnx_runtime(fr: FRModel) -> bool:
     """Whether the labels' forwards of ``fr`` run in ONNX Runtime: an ONNX graph (it offers
-    ``runtime()``) on the CPU."""
-    return callable(getattr(fr.network, "runtime", None)) and fr.device.type == "cpu"
+    ``runtime()`` and keeps its bytes) on the CPU, with onnxruntime installed."""
+    return (callable(getattr(fr.network, "runtime", None)) and bool(getattr(fr.network, "onnx_bytes", b""))
+            and fr.device.type == "cpu" and importlib.util.find_spec("onnxruntime") is not None)
 
 
 def auto_channels_last(device: torch.device) -> bool:
