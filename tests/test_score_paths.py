@@ -16,45 +16,23 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import froq
 from conftest import REPO
 from face_recognition_model.loading import load_fr_model
-from face_recognition_model.registry import register_model
 from froq.core.errors import FroqError
 from froq.core.recordio import write_records
 from froq.score_photos import score_photos
 from observer.inference import FAILURE_QUALITY
 from observer.scale import scale_record
 from stage_helpers import error_line, run_in_process
-
-
-class PoolNet(torch.nn.Module):
-    """Two convolutions, global pooling, a linear embedding."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = torch.nn.Conv2d(3, 4, 3, stride=2)
-        self.act1 = torch.nn.ReLU()
-        self.conv2 = torch.nn.Conv2d(4, 8, 3, stride=2)
-        self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc = torch.nn.Linear(8, 8)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.conv2(self.act1(self.conv1(x)))).flatten(1))
-
-
-@register_model("score_paths_net")
-def _build(weights=None, **kwargs):
-    return PoolNet().eval()
+from test_score_photos import TinyNet  # noqa: F401  (registers tiny_score_photos_net)
 
 
 def fr_config(tmp_path, size: str = "[112, 96]", extra: str = "alignment: sphereface96x112\n"):
     path = tmp_path / "fr.yaml"
-    path.write_text(f"model: {{arch: score_paths_net, weights: random}}\n"
+    path.write_text(f"model: {{arch: tiny_score_photos_net, weights: random}}\n"
                     f"preprocess: {{size: {size}, mean: 0.5, std: 0.5}}\n{extra}")
     return path
 
