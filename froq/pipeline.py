@@ -84,8 +84,9 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
                         this is set). Labels cost ~76 forward passes per image; measured with
                         dlib_resnet on this 2-core CPU, one thread, full occlusion forwards:
                         1.7 img/s at load ~1 (1000 images ~10 min), 0.7 img/s at load ~8 (1549
-                        images in 36 min); the incremental occlusion default is at most 1.38x
-                        faster on dlib (~7.5 min), 1.31x on IR-50 (benchmarks/README.md). Finished
+                        images in 36 min); with the incremental occlusion default (at most
+                        1.38x faster on dlib, 1.31x on IR-50): 1000 dlib labels in 963 s at
+                        load ~3 (README, Results). Finished
                         labels are reused by any later run on the same images, model and settings
                         (cache in ~/.cache/froq/labels, FROQ_CACHE=DIR or off).
   --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)
