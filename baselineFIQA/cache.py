@@ -177,13 +177,14 @@ def cached_pseudo_labels(fr, root: str | os.PathLike, settings: Mapping, columns
 
 def label_settings_key(fr, alphas: Sequence[float], noise_count: int, mpx: int | Sequence[int], seed: int,
                        channels_last: bool | str = "auto", weights: Sequence[float] = (1.0, 1.0, 1.0),
-                       noise_model: str = "mix", occlusion: str = "incremental") -> dict:
+                       noise_model: str = "mix", occlusion: str = "incremental", fold: bool = True,
+                       precision: str = "auto") -> dict:
     """The label settings that change the numbers, as the cache key takes them (the one key of the
     stage and the API): α, K, cell size(s), seed, the channels-last format (``auto`` resolved as the
     stage does), fp16 autocast (on CUDA), the device type (CPU and CUDA round differently), and the
     options beyond the paper only where they differ from it (weights, noise model, several cells,
-    the incremental occlusion path, ONNX Runtime), so entries of paper runs made before an option
-    existed stay valid."""
+    the incremental occlusion path, folded affines, a precision other than ``auto``, ONNX Runtime),
+    so entries of paper runs made before an option existed stay valid."""
     from baselineFIQA.labels import PAPER_WEIGHTS, auto_channels_last, uses_onnx_runtime
 
     if channels_last in (None, "auto"):
@@ -200,6 +201,10 @@ def label_settings_key(fr, alphas: Sequence[float], noise_count: int, mpx: int |
         key["noise_model"] = noise_model
     if occlusion != "full":
         key["occlusion"] = occlusion
+    if fold:
+        key["fold_affine"] = True
+    if precision != "auto":
+        key["precision"] = precision
     if uses_onnx_runtime(fr):
         key["runtime"] = "onnxruntime"
     return key

@@ -35,13 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from face_recognition_model.dlib_resnet import Affine, ZeroPadAdd
+from baselineFIQA.fusion import POINTWISE_MODULES, trace
 
 log = logging.getLogger(__name__)
 
 MIN_SAVING = 0.1  # fraction of the conv + linear FLOPs the windows must save (IR-101 saves 15%)
-POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.Sigmoid, nn.Identity,
-                     nn.Dropout, Affine, ZeroPadAdd)
 POINTWISE_FUNCTIONS = {operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub,
                        torch.relu, F.relu, torch.sigmoid}
 FULL = "full"  # region of a node computed as an ordinary (M, ...) tensor
@@ -92,26 +90,6 @@ def _local_rule(module: nn.Module):
 def _grow(lo: np.ndarray, size: int, k: int, s: int, p: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     """Output spans [first, last+1) whose receptive field meets input rows [lo, lo+size)."""
     return -(-(lo + p - (k - 1) * d) // s), (lo + size - 1 + p) // s + 1
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer that keeps the pointwise and window modules as leaves and answers ``.device`` of
-    a traced tensor with the model's device (models choose their autocast from it)."""
-
-    def __init__(self, device: torch.device) -> None:
-        super().__init__()
-        self.device = device
-
-    def is_leaf_module(self, m: nn.Module, name: str) -> bool:
-        return isinstance(m, POINTWISE_MODULES) or super().is_leaf_module(m, name)
-
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _DeviceProxy(node, self)
-
-
-class _DeviceProxy(fx.Proxy):
-    def __getattr__(self, name: str):
-        return self.tracer.device if name == "device" else super().__getattr__(name)
 
 
 @dataclass
@@ -350,7 +328,7 @@ def plan_incremental(network: nn.Module, masks: torch.Tensor, fill: torch.Tensor
     network cannot be traced or the windows would save too little."""
     name = type(network).__name__
     try:
-        graph = fx.GraphModule(network, _Tracer(example.device).trace(network))
+        graph = trace(network, example.device)
     except Exception as exc:  # any tracing failure means: not understood, use full forwards
         log.info("occlusion: %s cannot be traced by torch.fx (%s): full forwards", name,
                  str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from baselineFIQA import perturbations
+from baselineFIQA.fusion import fold_network
 from baselineFIQA.incremental import plan_incremental
 from face_recognition_model.loading import FRModel
-from froq.core.device import autocast_context
+from froq.core.device import PRECISIONS, precision_context
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog
 from froq.core.runner import RunResult, run_images
@@ -49,7 +50,10 @@ class LabelSettings:
     and how the forwards run: perturbed images per forward call, fp16 autocast on CUDA, the
     channels-last memory format (faster convolutions on CPU; numbers within ~1e-6), and the
     occlusion path (``incremental``: recompute only where each cell reaches, baselineFIQA/
-    incremental.py, numbers within ~1e-6; ``full``: one full forward per occluded copy)."""
+    incremental.py, numbers within ~1e-6; ``full``: one full forward per occluded copy),
+    ``fold``: batch norms / affines folded into the layer before them (baselineFIQA/fusion.py,
+    numbers within ~1e-7), and the ``precision`` of the forwards (``auto``: fp16 autocast on CUDA
+    when ``autocast``, fp32 on CPU; ``fp32``, ``bf16``, ``fp16``: froq.core.device)."""
 
     alphas: Sequence[float] = (0.001,)
     noise_count: int = 10
@@ -61,6 +65,8 @@ class LabelSettings:
     weights: Sequence[float] = PAPER_WEIGHTS
     noise_model: str = "mix"
     occlusion: str = "incremental"
+    fold: bool = True
+    precision: str = "auto"
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -70,10 +76,10 @@ class LabelSettings:
     def fingerprint(self) -> dict:
         """The settings that change the numbers (for the resume key and the meta JSON): the paper's
         keys always; weights, noise model and the incremental occlusion path only when they differ
-        from the paper's full forwards (so partial files of paper runs made before these options
-        existed stay valid)."""
+        from the paper's full forwards, and folding when on (so partial files of paper runs made
+        before these options existed stay valid)."""
         key = {k: v for k, v in self.__dict__.items()
-               if k not in ("forward_batch", "weights", "noise_model", "occlusion")}
+               if k not in ("forward_batch", "weights", "noise_model", "occlusion", "fold", "precision")}
         key["mpx"] = self.cells[0] if len(self.cells) == 1 else list(self.cells)
         if tuple(float(w) for w in self.weights) != PAPER_WEIGHTS:
             key["weights"] = [float(w) for w in self.weights]
@@ -81,6 +87,10 @@ class LabelSettings:
             key["noise_model"] = self.noise_model
         if self.occlusion != "full":
             key["occlusion"] = self.occlusion
+        if self.fold:
+            key["fold_affine"] = True
+        if self.precision != "auto":
+            key["precision"] = self.precision
         return key
 
 
@@ -96,6 +106,8 @@ def check_settings(settings: LabelSettings, size: Sequence[int]) -> None:
                         f"{', '.join(perturbations.NOISE_MODELS)}")
     if settings.occlusion not in OCCLUSION_PATHS:
         raise FroqError(f"occlusion {settings.occlusion!r}: use one of {', '.join(OCCLUSION_PATHS)}")
+    if settings.precision not in PRECISIONS:
+        raise FroqError(f"precision {settings.precision!r}: use one of {', '.join(PRECISIONS)}")
     if not settings.alphas:
         raise FroqError("alphas: give at least one noise strength, e.g. [0.001]")
     cells = settings.cells
@@ -133,32 +145,45 @@ class PseudoLabeler:
         h, w = fr.preprocess.size
         self.noise = perturbations.noise_bank((3, h, w), settings.noise_count, settings.seed).to(fr.device)
         check_settings(settings, (h, w))
+        precision_context(fr.device, settings.precision)  # FroqError now for fp16 on a CPU
         grids = [perturbations.occlusion_masks(h, w, cell) for cell in settings.cells]
         self.grid_sizes = [g.shape[0] for g in grids]  # masks per cell size, in order
         self.masks = torch.cat(grids).to(fr.device)
         self.weights = tuple(float(v) for v in settings.weights)
         self.columns = label_columns(settings)
         self.fill = fr.preprocess.black_value().to(fr.device)
-        # the labels need no hooks: their forwards may run on a channels-last copy of the network
-        self.network = fr.network
+        # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
+        self.onnx_runtime = fr.network.runtime() if uses_onnx_runtime(fr) else None
+        # the labels need no hooks: their forwards may run on a rewritten copy of the network
+        # (affines folded, baselineFIQA/fusion.py) in the channels-last format
+        fold = settings.fold and self.onnx_runtime is None
+        self.network = fold_network(fr.network, fr.device)[0] if fold else fr.network
         self.memory_format = torch.contiguous_format
         if settings.channels_last and any(p.dim() == 4 for p in fr.network.parameters()):
-            self.network = copy.deepcopy(fr.network).to(memory_format=torch.channels_last)
+            if self.network is fr.network:
+                self.network = copy.deepcopy(fr.network)
+            self.network = self.network.to(memory_format=torch.channels_last)
             self.memory_format = torch.channels_last
         self.incremental = None  # the plan of the incremental occlusion path, when it applies
         if settings.occlusion == "incremental":
             self.incremental = plan_incremental(self.network, self.masks, self.fill,
                                                 torch.zeros((1, 3, h, w), device=fr.device))
-        # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
-        self.onnx_runtime = fr.network.runtime() if uses_onnx_runtime(fr) else None
         if self.onnx_runtime is not None:
-            log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime")
+            log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime%s",
+                     f" in fp32 (precision {settings.precision} does not apply there)"
+                     if settings.precision not in ("auto", "fp32") else "")
             self.network, self.memory_format = self.onnx_runtime, torch.contiguous_format
+
+    def precision(self):
+        """The autocast context of the label forwards (``precision``; ``auto`` honours ``autocast``)."""
+        if self.s.precision == "auto" and not self.s.autocast:
+            return precision_context(self.fr.device, "fp32")
+        return precision_context(self.fr.device, self.s.precision)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (N, D) float32 of many model inputs, ``forward_batch`` at a time."""
         outs = []
-        with torch.inference_mode(), autocast_context(self.fr.device, self.s.autocast):
+        with torch.inference_mode(), self.precision():
             for chunk in torch.split(x, self.s.forward_batch):
                 outs.append(self.network(chunk.contiguous(memory_format=self.memory_format)).float())
         return torch.cat(outs)
@@ -191,7 +216,7 @@ class PseudoLabeler:
         cell of that size's grid. All sizes' masks go through the same forward batches (or one
         image at a time through the incremental plan)."""
         if self.incremental is not None:
-            with torch.inference_mode(), autocast_context(self.fr.device, self.s.autocast):
+            with torch.inference_mode(), self.precision():
                 emb = torch.stack([self.incremental.embeddings(xi[None]).float() for xi in x])
             return self._split_cells(F.cosine_similarity(emb, ref.unsqueeze(1), dim=-1))
         # a few images at a time × all masks keeps memory bounded for big batches
@@ -265,12 +290,14 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
                           resume_path: str | Path | None = None, failures: FailureLog | None = None,
                           channels_last: bool | str = "auto",
                           weights: Sequence[float] = PAPER_WEIGHTS,
-                          noise_model: str = "mix", occlusion: str = "incremental") -> RunResult:
+                          noise_model: str = "mix", occlusion: str = "incremental",
+                          fold: bool = True, precision: str = "auto") -> RunResult:
     """Pseudo-labels of the images of ``root`` with model ``fr``.
 
     In: a loaded FR model, an image folder (or explicit relative ``paths``), the auxiliary FIQA's
     constants (``mpx`` one cell size or several; ``weights`` of flip, noise, occlusion;
-    ``noise_model`` mix or relative; ``occlusion`` incremental or full), and optionally
+    ``noise_model`` mix or relative; ``occlusion`` incremental or full; ``fold`` the affines into
+    the layers before them; ``precision`` of the forwards, ``PRECISIONS``), and optionally
     ``resume_path`` (the final CSV path; finished rows are kept in ``<resume_path>.partial`` and
     reused when run again with the same settings and image files). Out: ``RunResult`` with the columns of ``label_columns`` (flip, noise, occlusion,
     quality, then per-α / per-size terms when there are several), in file order, readable images
@@ -286,7 +313,7 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
     settings = LabelSettings(alphas=tuple(float(a) for a in alphas), noise_count=noise_count, mpx=cells,
                              seed=seed, forward_batch=forward_batch, channels_last=bool(channels_last),
                              weights=tuple(float(w) for w in weights), noise_model=noise_model,
-                             occlusion=occlusion)
+                             occlusion=occlusion, fold=bool(fold), precision=precision)
     labeler = PseudoLabeler(fr, settings)
     columns = labeler.columns[1:]
 

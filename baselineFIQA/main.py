@@ -19,6 +19,7 @@ from baselineFIQA.perturbations import NOISE_MODELS
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import (Key, bool_or_auto, float_list, image_size, int_or_auto, load_config,
                               positive_int, public)
+from froq.core.device import PRECISIONS
 from froq.core.errors import FroqError
 from froq.core import distributed
 from froq.core.images import FailureLog, read_image_list
@@ -73,6 +74,12 @@ SCHEMA = {
     "occlusion": Key("str", default="incremental", choices=OCCLUSION_PATHS,
                      help="incremental = recompute only where each occluded cell reaches (same labels "
                           "within 1e-5, faster); full = one full forward per occluded copy"),
+    "fold_affine": Key("bool", default=True,
+                       help="fold batch norms / affines into the layer before them in the label forwards "
+                            "(same labels within 1e-6, faster)"),
+    "precision": Key("str", default="auto", choices=PRECISIONS,
+                     help="precision of the label forwards: auto = fp16 autocast on CUDA, fp32 on CPU; "
+                          "bf16 = faster on CPUs with AMX/AVX-512 BF16, labels change (README)"),
     "outpath": Key("path", help="output CSV (or a folder: labels.csv inside)"),
     **COMMON_KEYS,
 }
@@ -103,13 +110,15 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         # finished labels of the same images, model and settings are reused (baselineFIQA/cache.py)
         key = label_settings_key(fr, ds["alphas"], ds["noise_count"], cells, cfg["seed"], cfg["channels_last"],
-                                 ds["component_weights"], ds["noise_model"], cfg["occlusion"])
+                                 ds["component_weights"], ds["noise_model"], cfg["occlusion"],
+                                 cfg["fold_affine"], cfg["precision"])
         compute = lambda: compute_pseudo_labels(  # noqa: E731
                 fr, ds["path"], paths=paths, batch_size=ds["batch_size"], alphas=ds["alphas"],
                 mpx=ds["mpx"], seed=cfg["seed"], num_workers=cfg["num_workers"],
                 noise_count=ds["noise_count"], forward_batch=cfg["forward_batch"],
                 resume_path=out, failures=failures, channels_last=cfg["channels_last"],
-                weights=ds["component_weights"], noise_model=ds["noise_model"], occlusion=cfg["occlusion"])
+                weights=ds["component_weights"], noise_model=ds["noise_model"], occlusion=cfg["occlusion"],
+                fold=cfg["fold_affine"], precision=cfg["precision"])
         if paths is None and not rank.active and not is_record_file(ds["path"]):
             result, reused = cached_pseudo_labels(fr, ds["path"], key, columns[1:], failures=failures,
                                                   compute=compute)

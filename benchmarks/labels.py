@@ -8,7 +8,10 @@ Every ``labels`` row runs ``PseudoLabeler.score`` (the labels' own code path: fl
 every occlusion cell) on the same preloaded faces with the same weights, so reading images is not
 timed. The ``official rule`` row computes the same labels as the official code does: one full
 forward of the batch of images per perturbation (clean, flip, each noise draw, each occluded
-cell), fp32. ``x fwd`` = seconds per labelled image / seconds per plain forward of one image (the
+cell), fp32. This checkout's rows: the path of main before issue 20 (one full forward per occluded
+copy, nothing folded), the incremental occlusion, the default (incremental + affines folded into
+the convolutions, baselineFIQA/fusion.py) and the ``precision: bf16`` option (other numbers: its
+``max |Δ|`` says how far; ``--no-bf16`` skips it). ``x fwd`` = seconds per labelled image / seconds per plain forward of one image (the
 official rule's count is 2 + K + cells, 76 with the paper's constants). ``--baseline DIR`` runs
 the same measurement with the code of the checkout ``DIR`` (its ``PYTHONPATH``) in a child process
 and reports its rows too; ``speed-up`` and ``max |Δ|`` compare every row with the baseline's first
@@ -62,6 +65,13 @@ def measure(args) -> dict:
     if "occlusion" in fields:
         variants = [("labels, occlusion full", {"occlusion": "full"}),
                     ("labels, occlusion incremental (default)", {"occlusion": "incremental"})]
+    if "fold" in fields:  # issue 20: the path of main before it, each step, and the bf16 option
+        variants = [("labels, occlusion full, not folded (main before issue 20)", {"occlusion": "full", "fold": False}),
+                    ("labels, occlusion incremental, not folded", {"occlusion": "incremental", "fold": False}),
+                    ("labels, incremental + folded (default)", {}),
+                    ("labels, default + bf16 (option; labels change)", {"precision": "bf16"})]
+        if not args.bf16:
+            variants.pop()
     variants += [(f"labels, forward_batch {fb}", {"forward_batch": fb}) for fb in args.forward_batches]
     mpx = args.mpx or (min(fr.preprocess.size) + 4) // 8
     if args.official:
@@ -126,7 +136,7 @@ def report(mine: dict, base: dict | None, label: str) -> None:
     n = mine["images"]
     fwd = min(mine["rows"]["forward (plain)"]["seconds"]) / n
     ref_rows = (base or mine)["rows"]
-    ref_name = next((k for k in ref_rows if k == "labels, occlusion full"),
+    ref_name = next((k for k in ref_rows if k.startswith("labels, occlusion full")),
                     next(k for k in ref_rows if k.startswith("labels")))
     ref_time = min(ref_rows[ref_name]["seconds"])
     ref_labels = ref_rows[ref_name]["labels"]
@@ -160,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-official", dest="official", action="store_false",
                    help="skip the official rule's row (the slowest)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 option's row")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--baseline", default=None, help="another checkout to measure the same way")
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # child mode: write rows here

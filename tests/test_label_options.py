@@ -92,9 +92,10 @@ def test_paper_settings_keep_columns_key_and_formula(faces):
     np.testing.assert_allclose(res.column("occlusion"), occ[8], atol=2e-6)
     f, n, o = (res.column(c).astype(np.float32) for c in ("flip", "noise", "occlusion"))
     assert np.array_equal(res.column("quality").astype(np.float32), (f + n + o) / np.float32(3))
-    # the resume key of a paper run with full occlusion forwards is what it was before the options
-    # existed (the incremental default adds occlusion: incremental, test_incremental_occlusion.py)
-    key = LabelSettings(mpx=8, noise_count=K, occlusion="full").fingerprint()
+    # the resume key of a paper run with full occlusion forwards and nothing folded is what it was
+    # before the options existed (the defaults add occlusion: incremental, test_incremental_occlusion.py,
+    # and fold_affine: true, test_label_fusion.py)
+    key = LabelSettings(mpx=8, noise_count=K, occlusion="full", fold=False).fingerprint()
     assert key == {"alphas": (0.001,), "noise_count": K, "mpx": 8, "seed": 0, "autocast": True,
                    "channels_last": False}
 

@@ -49,3 +49,28 @@ def autocast_context(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+#: precisions of the forwards that observe no activation (the pseudo-labels): ``auto`` = the
+#: official run's (fp16 autocast on CUDA, fp32 on CPU), or one for every device
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def precision_context(device: torch.device, precision: str = "auto"):
+    """A context manager running the forwards inside it at ``precision``.
+
+    In: the device and one of ``PRECISIONS`` (``bf16``: bfloat16 autocast, on CPU fast where the
+    processor has AMX / AVX-512 BF16; ``fp16``: float16 autocast, CUDA only). Out: a context
+    manager. FroqError for an unknown precision or fp16 on a CPU.
+    """
+    if precision == "auto":
+        return autocast_context(device, True)
+    if precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    if precision == "fp16":
+        raise FroqError(f"precision fp16 needs CUDA (device is {device.type}): use bf16 or fp32 on a CPU")
+    raise FroqError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")

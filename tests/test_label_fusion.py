@@ -1,0 +1,135 @@
+"""The label forwards' rewritten network (baselineFIQA/fusion.py) and their precision option
+(issue 20): folded affines give the same embeddings and labels, nothing is folded that would change
+them, the original network is untouched, and every option keeps the resume / cache key honest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from baselineFIQA.cache import label_settings_key
+from baselineFIQA.fusion import fold_network
+from baselineFIQA.labels import LabelSettings, PseudoLabeler
+from froq.core.device import precision_context
+from froq.core.errors import FroqError
+from test_incremental_occlusion import TOL, faces, fr_model
+
+CPU = torch.device("cpu")
+
+
+def embeddings(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return network(x).float()
+
+
+@pytest.mark.parametrize("arch, size, folded", [("dlib_resnet", 150, 29), ("adaface_ir_18", 112, 25)])
+def test_folded_network_gives_the_same_embeddings(arch, size, folded):
+    fr = fr_model(arch, size)
+    before = {k: v.clone() for k, v in fr.network.state_dict().items()}
+    x = faces(2, size)
+    net, removed = fold_network(fr.network, CPU)
+    # dlib: its 29 convolution + affine pairs; IR-18: the stem's BN (1), the BN after each of the
+    # blocks' two convs (16), the three projection shortcuts' BN (3), the 1-D BN after the linear
+    # layer (1) and the four 1x1 stride-1 max-pools of the identity shortcuts (4)
+    assert removed == folded
+    plain, fused = embeddings(fr.network, x), embeddings(net, x)
+    assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-4)
+    assert (fused - plain).abs().max() > 0  # it really runs other arithmetic
+    for k, v in fr.network.state_dict().items():  # the original network is not modified
+        assert torch.equal(v, before[k]), k
+
+
+class Shared(nn.Module):
+    """A conv whose output feeds a BN and a second branch, a conv module called twice, a BN in
+    training mode, and a BatchNorm1d after a conv output flattened: none may be folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.b, self.bn_b = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.c, self.bn_c = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(1, 2)  # kernel 1 but stride 2: a subsampling, not the identity
+        for bn in (self.bn_a, self.bn_b, self.bn_c):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = self.bn_a(y) + y          # the conv's output is used twice
+        z = self.bn_b(self.b(y))      # b is also called below: shared
+        z = self.b(z)
+        return self.pool(self.bn_c(self.c(z)))
+
+
+def test_nothing_is_folded_that_would_change_the_numbers():
+    torch.manual_seed(0)
+    model = Shared().eval()
+    model.bn_c.train()  # batch statistics: not a fixed affine
+    assert fold_network(model, CPU)[1] == 0
+    model.bn_c.eval()
+    net, removed = fold_network(model, CPU)
+    assert removed == 1  # only c + bn_c now
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(embeddings(model, x), embeddings(net, x), atol=1e-6)
+
+
+def test_untraceable_network_is_left_as_it_is(caplog):
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x  # data-dependent control flow: fx cannot trace
+
+    model = Branchy()
+    with caplog.at_level("INFO"):
+        net, removed = fold_network(model, CPU)
+    assert net is model and removed == 0
+    assert "cannot be traced" in caplog.text
+
+
+@pytest.mark.parametrize("arch, size, mpx", [("dlib_resnet", 150, 19), ("adaface_ir_18", 112, 28)])
+def test_folded_labels_equal_the_plain_ones(arch, size, mpx):
+    fr = fr_model(arch, size)
+    x = faces(1, size)
+    out = {fold: PseudoLabeler(fr, LabelSettings(mpx=mpx, fold=fold)).score(x) for fold in (True, False)}
+    for column in ("flip", "noise", "occlusion", "quality"):
+        assert np.abs(out[True][column].numpy() - out[False][column].numpy()).max() <= TOL, column
+    assert out[False]["occlusion"].max() < 1 - 10 * TOL  # the occlusion term is not trivially 1
+
+
+def test_fold_and_precision_are_in_the_keys():
+    fr = fr_model("dlib_resnet", 150)
+    default = LabelSettings(mpx=19).fingerprint()
+    assert default["fold_affine"] is True and "precision" not in default
+    assert "fold_affine" not in LabelSettings(mpx=19, fold=False).fingerprint()
+    assert LabelSettings(mpx=19, precision="bf16").fingerprint()["precision"] == "bf16"
+    keys = [label_settings_key(fr, [0.001], 10, 19, 0, fold=f, precision=p)
+            for f, p in ((True, "auto"), (False, "auto"), (True, "bf16"), (True, "fp32"))]
+    assert len({repr(sorted(k.items())) for k in keys}) == 4
+
+
+def test_precision_contexts():
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        with precision_context(CPU, "bf16"):
+            assert conv(x).dtype == torch.bfloat16
+        for p in ("auto", "fp32"):
+            with precision_context(CPU, p):
+                assert conv(x).dtype == torch.float32
+    with pytest.raises(FroqError, match="fp16 needs CUDA"):
+        precision_context(CPU, "fp16")
+    with pytest.raises(FroqError, match="use one of"):
+        precision_context(CPU, "int8")
+    fr = fr_model("dlib_resnet", 150)
+    with pytest.raises(FroqError, match="fp16 needs CUDA"):
+        PseudoLabeler(fr, LabelSettings(mpx=19, precision="fp16"))
+
+
+def test_bf16_labels_run_in_bf16_and_stay_close():
+    fr = fr_model("dlib_resnet", 150)
+    x = faces(2, 150)  # a 2x2 grid: few window shapes (the first bf16 call of a shape is slow)
+    fp32 = PseudoLabeler(fr, LabelSettings(mpx=75)).score(x)["quality"].numpy()
+    bf16 = PseudoLabeler(fr, LabelSettings(mpx=75, precision="bf16")).score(x)["quality"].numpy()
+    diff = np.abs(fp32 - bf16).max()
+    assert 0 < diff < 1e-2  # another rounding, not another label
