@@ -82,7 +82,10 @@ def measure(args) -> dict:
             for chunk in torch.split(x, 32):
                 fr.network(chunk)
 
-    labelers = {name: PseudoLabeler(fr, LabelSettings(mpx=mpx, **{"forward_batch": 32, **extra}))
+    # the stage's defaults where this checkout has them (compute_pseudo_labels resolves channels_last
+    # auto = on for CPU; LabelSettings alone defaults to off)
+    defaults = {"forward_batch": 32, **({"channels_last": True} if "channels_last" in fields else {})}
+    labelers = {name: PseudoLabeler(fr, LabelSettings(mpx=mpx, **{**defaults, **extra}))
                 for name, extra in variants}
     forward()  # warm-up
     for name, labeler in labelers.items():

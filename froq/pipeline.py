@@ -81,12 +81,11 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
   --max-calibration N   at most N calibration source images, evenly spaced over the sorted list
                         (default 1000 when the set is built from --photos: smaller sets gave
                         other layer selections on LFW; all of a given --calibration folder unless
-                        this is set). Labels cost ~76 forward passes per image; measured with
-                        dlib_resnet on this 2-core CPU, one thread, full occlusion forwards:
-                        1.7 img/s at load ~1 (1000 images ~10 min), 0.7 img/s at load ~8 (1549
-                        images in 36 min); with the incremental occlusion default (at most
-                        1.38x faster on dlib, 1.31x on IR-50): 1000 dlib labels in 963 s at
-                        load ~3 (README, Results). Finished
+                        this is set). Labels cost ~76 forward passes per image by the official
+                        rule, ~41 with this toolkit's default path (same labels); measured with
+                        benchmarks/labels.py, dlib_resnet, one thread on this 2-core CPU at
+                        load ~2: 3.3 img/s (1000 images ~5 min); AdaFace IR-50 0.2 img/s (~1.4 h);
+                        a busy machine takes several times longer (README, Pseudo-label speed). Finished
                         labels are reused by any later run on the same images, model and settings
                         (cache in ~/.cache/froq/labels, FROQ_CACHE=DIR or off).
   --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)

@@ -133,3 +133,16 @@ def test_bf16_labels_run_in_bf16_and_stay_close():
     bf16 = PseudoLabeler(fr, LabelSettings(mpx=75, precision="bf16")).score(x)["quality"].numpy()
     diff = np.abs(fp32 - bf16).max()
     assert 0 < diff < 1e-2  # another rounding, not another label
+
+
+def test_dlib_real_weights_and_faces_folded_labels_equal_the_plain_ones(shared):
+    from face_recognition_model.dlib_resnet import default_weights_path
+    from froq.core.images import ImageFolder, list_images
+
+    root = shared("data", "lfw", "images")
+    fr = fr_model("dlib_resnet", 150, default_weights_path())
+    data = ImageFolder(root, fr.preprocess, paths=list_images(root)[:2])
+    x = torch.stack([data[i][1] for i in range(2)])
+    out = {fold: PseudoLabeler(fr, LabelSettings(mpx=19, fold=fold)).score(x)["quality"].numpy()
+           for fold in (True, False)}
+    assert np.abs(out[True] - out[False]).max() <= TOL
