@@ -205,6 +205,6 @@ def label_settings_key(fr, alphas: Sequence[float], noise_count: int, mpx: int |
         key["fold_affine"] = True
     if precision != "auto":
         key["precision"] = precision
-    if uses_onnx_runtime(fr):
+    if uses_onnx_runtime(fr, precision):
         key["runtime"] = "onnxruntime"
     return key

@@ -153,7 +153,7 @@ class PseudoLabeler:
         self.columns = label_columns(settings)
         self.fill = fr.preprocess.black_value().to(fr.device)
         # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
-        self.onnx_runtime = fr.network.runtime() if uses_onnx_runtime(fr) else None
+        self.onnx_runtime = fr.network.runtime() if uses_onnx_runtime(fr, settings.precision) else None
         # the labels need no hooks: their forwards may run on a rewritten copy of the network
         # (affines folded, baselineFIQA/fusion.py) in the channels-last format
         fold = settings.fold and self.onnx_runtime is None
@@ -169,9 +169,7 @@ class PseudoLabeler:
             self.incremental = plan_incremental(self.network, self.masks, self.fill,
                                                 torch.zeros((1, 3, h, w), device=fr.device))
         if self.onnx_runtime is not None:
-            log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime%s",
-                     f" in fp32 (precision {settings.precision} does not apply there)"
-                     if settings.precision not in ("auto", "fp32") else "")
+            log.info("pseudo-labels: the ONNX graph's forwards run in ONNX Runtime")
             self.network, self.memory_format = self.onnx_runtime, torch.contiguous_format
 
     def precision(self):
@@ -269,11 +267,14 @@ def auto_forward_batch(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 32
 
 
-def uses_onnx_runtime(fr: FRModel) -> bool:
+def uses_onnx_runtime(fr: FRModel, precision: str = "auto") -> bool:
     """Whether the labels' forwards of ``fr`` run in ONNX Runtime: an ONNX graph (it offers
-    ``runtime()`` and keeps its bytes) on the CPU, with onnxruntime installed."""
+    ``runtime()`` and keeps its bytes) on the CPU, with onnxruntime installed, at fp32 precision
+    (``bf16`` runs the torch graph under autocast instead: ONNX Runtime's CPU provider has no
+    bfloat16 autocast)."""
     return (callable(getattr(fr.network, "runtime", None)) and bool(getattr(fr.network, "onnx_bytes", b""))
-            and fr.device.type == "cpu" and importlib.util.find_spec("onnxruntime") is not None)
+            and fr.device.type == "cpu" and precision in ("auto", "fp32")
+            and importlib.util.find_spec("onnxruntime") is not None)
 
 
 def auto_channels_last(device: torch.device) -> bool:

@@ -146,3 +146,19 @@ def test_dlib_real_weights_and_faces_folded_labels_equal_the_plain_ones(shared):
     out = {fold: PseudoLabeler(fr, LabelSettings(mpx=19, fold=fold)).score(x)["quality"].numpy()
            for fold in (True, False)}
     assert np.abs(out[True] - out[False]).max() <= TOL
+
+
+def test_onnx_graph_at_bf16_runs_the_torch_graph_not_onnx_runtime(tmp_path):
+    from baselineFIQA.labels import uses_onnx_runtime
+    from face_recognition_model.loading import load_fr_model
+    from test_onnx_model import SmallFR, export, fr_config
+
+    path = tmp_path / "small_fr.onnx"
+    export(SmallFR(), path, batch=2, do_constant_folding=False)
+    fr = load_fr_model(fr_config(tmp_path, path))
+    assert uses_onnx_runtime(fr) and uses_onnx_runtime(fr, "fp32")
+    assert not uses_onnx_runtime(fr, "bf16")  # ONNX Runtime's CPU provider has no bf16 autocast
+    assert PseudoLabeler(fr, LabelSettings(mpx=8, precision="bf16")).onnx_runtime is None
+    fp32_key = label_settings_key(fr, [0.001], 10, 8, 0)
+    bf16_key = label_settings_key(fr, [0.001], 10, 8, 0, precision="bf16")
+    assert fp32_key["runtime"] == "onnxruntime" and "runtime" not in bf16_key and bf16_key["precision"] == "bf16"
