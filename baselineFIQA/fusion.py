@@ -3,9 +3,9 @@ number folded away (issue 20).
 
 The pseudo-labels observe no activation, so their forwards may run a rewritten copy of the network:
 
-- a per-channel affine that directly follows a convolution or a linear layer (an eval-mode
-  ``BatchNorm1d``/``BatchNorm2d``, dlib's ``Affine``) is folded into that layer's weight and bias
-  (``W' = s·W``, ``b' = s·b + t``): one pass over the activations less per pair;
+- a per-channel affine that directly follows a 2-D convolution (an eval-mode ``BatchNorm2d``,
+  dlib's ``Affine``) is folded into the convolution's weight and bias (``W' = s·W``,
+  ``b' = s·b + t``): one pass over the activations less per pair;
 - a 1×1 max-pool with stride 1 and no padding (the identity shortcut of the IR blocks) is dropped.
 
 Same numbers up to float rounding (labels within ~1e-7, tests/test_label_fusion.py). The tracer is
@@ -58,10 +58,10 @@ def trace(network: nn.Module, device: torch.device) -> fx.GraphModule:
 
 
 def _channel_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(scale, shift) per channel of an eval-mode batch norm or dlib affine, else None."""
+    """(scale, shift) per channel of an eval-mode 2-D batch norm or dlib affine, else None."""
     if isinstance(module, Affine):
         return module.weight.detach(), module.bias.detach()
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not module.training \
+    if isinstance(module, nn.BatchNorm2d) and not module.training \
             and module.track_running_stats and module.running_var is not None:
         scale = torch.rsqrt(module.running_var.double() + module.eps)
         if module.weight is not None:
@@ -95,7 +95,7 @@ def _is_identity_pool(module: nn.Module) -> bool:
 
 
 def fold_network(network: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
-    """A copy of ``network`` with conv/linear → affine pairs folded and identity pools dropped.
+    """A copy of ``network`` with conv → affine pairs folded and identity pools dropped.
 
     In: an FR network in eval mode and its device. Out: (the rewritten fx GraphModule, the number
     of modules removed); ``(network, 0)`` unchanged (logged) when it cannot be traced. The original
@@ -129,12 +129,10 @@ def fold_network(network: nn.Module, device: torch.device) -> tuple[nn.Module, i
                 or calls[source.target] != 1 or calls[node.target] != 1:
             continue
         layer = modules[source.target]
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or affine[0].numel() != layer.weight.shape[0]:
+        # a 2-D convolution's output is (B, C, H, W): its channels are what the affine scales (a
+        # linear layer's output rank is not known here, so a batch norm after it is left alone)
+        if not isinstance(layer, nn.Conv2d) or affine[0].numel() != layer.out_channels:
             continue
-        if isinstance(layer, nn.Linear) != isinstance(module, nn.BatchNorm1d) and not isinstance(module, Affine):
-            continue  # a BatchNorm1d after a conv, or a 2-D one after a linear: leave it
-        if isinstance(module, Affine) and not isinstance(layer, nn.Conv2d):
-            continue  # dlib's affine broadcasts over (B, C, H, W): conv outputs only
         _fold(layer, *affine)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
