@@ -98,8 +98,8 @@ def fold_network(network: nn.Module, device: torch.device) -> tuple[nn.Module, i
     """A copy of ``network`` with conv → affine pairs folded and identity pools dropped.
 
     In: an FR network in eval mode and its device. Out: (the rewritten fx GraphModule, the number
-    of modules removed); ``(network, 0)`` unchanged (logged) when it cannot be traced. The original
-    network is never modified (its hooks, its parameters).
+    of modules removed); ``(network, 0)`` itself when it cannot be traced (logged) or nothing was
+    found to fold. The original network is never modified (its hooks, its parameters).
     """
     try:
         gm = trace(copy.deepcopy(network), device)
@@ -137,8 +137,9 @@ def fold_network(network: nn.Module, device: torch.device) -> tuple[nn.Module, i
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
         removed += 1
-    if removed:
-        gm.graph.eliminate_dead_code()
-        gm.delete_all_unused_submodules()
-        gm.recompile()
+    if not removed:  # nothing to gain: the network itself (a traced copy may hold constants that
+        return network, 0  # e.g. the channels-last conversion refuses, as SwinFace's does)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
     return gm.eval(), removed

@@ -67,7 +67,7 @@ def test_nothing_is_folded_that_would_change_the_numbers():
     torch.manual_seed(0)
     model = Shared().eval()
     model.bn_c.train()  # batch statistics: not a fixed affine
-    assert fold_network(model, CPU)[1] == 0
+    assert fold_network(model, CPU) == (model, 0)  # nothing to fold: the network itself
     model.bn_c.eval()
     net, removed = fold_network(model, CPU)
     assert removed == 1  # only c + bn_c now
