@@ -169,8 +169,9 @@ def stability_text(stability: dict, selected: Sequence[str]) -> str:
                 if rho.get("median") is not None else "rho undefined")
     span = (f"{100 * min(chosen):.0f}-{100 * max(chosen):.0f} %" if len(chosen) > 1
             else f"{100 * chosen[0]:.0f} %" if chosen else "-")
+    same = "same features" if "feature_frequency" in stability else "same layers"  # plus: features
     return (f"bootstrap ({stability['resamples']} {stability['unit']} resamples): {interval}, "
-            f"same layers {100 * stability['same_selection']:.0f} %, selected layers chosen in {span}")
+            f"{same} {100 * stability['same_selection']:.0f} %, selected layers chosen in {span}")
 
 
 # -- FROQ+ (issue 22): the plus selection on resamples, its stability record, the stable rule ------

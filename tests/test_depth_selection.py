@@ -13,7 +13,7 @@ from observer.depth import early_exit_cost, module_costs
 from observer.initialization import (is_paper, observer_from_statistics, resolve_options,
                                      select_features)
 from observer.stability import (STABLE_THRESHOLD, quick_select, resampled_selections,
-                                stable_features)
+                                stability_text, stable_features)
 
 STATS = ["l2", "l1", "mean", "std", "spatial_std"]
 
@@ -160,6 +160,7 @@ def test_plus_observers_get_a_stability_record():
     assert st["rho"]["low"] <= st["rho"]["median"] <= st["rho"]["high"]
     names = [f"{f['layer']}:{f['statistic']}" for f in rec["features"]]
     assert set(names) <= set(st["feature_frequency"])
+    assert "same features" in stability_text(st, rec["selected_layers"])
     # no resample used a layer beyond the budget either
     assert all(int(k.split(":")[0][5:]) <= 2 for k in st["feature_frequency"])
 
