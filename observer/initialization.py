@@ -435,6 +435,10 @@ def observer_from_statistics(layers: Sequence[str], statistics: Sequence[str], s
                                 "add l2 to the statistics or set depth_budget to none or a number")
             paper = select_layers(layers, stats[:, :, statistics.index("l2")], labels, top_n)
             max_cost = paper_cost = early_exit_cost(layer_costs, paper["selected_layers"])
+            if max_cost is None:
+                raise FroqError(f"depth_budget paper: the paper's layers {paper['selected_layers']} have "
+                                "no depth cost (not called in the costing forward); set depth_budget to "
+                                "none or a number")
         else:
             max_cost = float(budget)
     wanted = [statistics.index(s) for s in options["statistics"]]

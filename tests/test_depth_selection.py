@@ -130,7 +130,11 @@ def test_depth_budget_option_values():
     for bad in (0, 1.5, "deep", True, -0.1):
         with pytest.raises(FroqError, match="depth_budget"):
             resolve_options("plus", {"depth_budget": bad})
-    layers, stats, y, paths, _ = depth_data()
+    layers, stats, y, paths, costs = depth_data()
+    uncosted = {**costs, "costs": {**costs["costs"], "layer2": None}}  # the paper's layer
+    with pytest.raises(FroqError, match="no depth cost"):
+        observer_from_statistics(layers, STATS, stats, paths, y, resolve_options("plus"), 4,
+                                 costs=uncosted, stability=False)
     with pytest.raises(FroqError, match="module costs"):
         observer_from_statistics(layers, STATS, stats, paths, y, resolve_options("plus"), 4, stability=False)
 
