@@ -45,8 +45,8 @@ from froq.core.io import (discard_partial, read_csv, read_json, read_quality_csv
 from froq.core.stage import COMMON_KEYS  # noqa: E402
 from observer.hooks import STATISTICS  # noqa: E402
 from observer.inference import quality_from_statistics  # noqa: E402
-from observer.initialization import (collect_statistics, observer_from_statistics,  # noqa: E402
-                                     resolve_options)
+from observer.initialization import (collect_statistics, network_costs,  # noqa: E402
+                                     observer_from_statistics, resolve_options)
 
 log = logging.getLogger("benchmarks.ablation")
 
@@ -114,11 +114,13 @@ def variant_options(name: str, spec) -> tuple[dict, str | None, str | None]:
     return resolve_options(base, spec), labels, column
 
 
-def score_variants(cfg: dict, cal: tuple, tgt: tuple, outdir: Path) -> dict[str, str]:
+def score_variants(cfg: dict, cal: tuple, tgt: tuple, outdir: Path,
+                   costs: dict | None = None) -> dict[str, str]:
     """Observer record and benchmark qualities of every configured variant, from cached statistics.
 
     In: the config, the calibration and target (layers, paths, statistics) caches, the output
-    folder. A variant may name its own ``labels`` CSV (and ``label_column``) of the same
+    folder, the network's depth costs (``observer.initialization.network_costs``; needed by a
+    ``depth_budget``). A variant may name its own ``labels`` CSV (and ``label_column``) of the same
     calibration folder, e.g. another label option. Out: ``{variant: quality CSV path}``; writes
     ``observers/<variant>.json`` (the record the initialisation stage would write, minus
     model/provenance) and ``quality/<variant>.csv``."""
@@ -141,7 +143,7 @@ def score_variants(cfg: dict, cal: tuple, tgt: tuple, outdir: Path) -> dict[str,
             raise FroqError(f"variants.{name}: statistics {missing} are not in the cached pass")
         start = time.perf_counter()
         record = observer_from_statistics(layers, stats, cal_stats[keep], paths, y, options,
-                                          cfg["top_n"], cfg["cv_folds"], cfg["seed"])
+                                          cfg["top_n"], cfg["cv_folds"], cfg["seed"], costs=costs)
         record["labels"] = str(label_file)
         q = quality_from_statistics(tgt_stats, layers, stats, record)
         write_json(outdir / "observers" / f"{name}.json", record)
@@ -149,10 +151,13 @@ def score_variants(cfg: dict, cal: tuple, tgt: tuple, outdir: Path) -> dict[str,
         write_csv(csv_path, ["path", "quality"], zip(tgt_paths, q.tolist()))
         chosen = record.get("features") or [{"layer": n, "statistic": "l2", "sign": 1}
                                             for n in record["selected_layers"]]
-        log.info("%s: %s (%.1f s)%s", name, ", ".join(
+        stab = record.get("stability") or {}
+        log.info("%s: %s (%.1f s)%s; early-exit cost %s; same set in %s of %s resamples", name, ", ".join(
             f"{f['layer']}:{f['statistic']}{'(-)' if f['sign'] < 0 else ''}" for f in chosen),
             time.perf_counter() - start,
-            f"; CV size {record['cv']['selected_size']}" if "cv" in record else "")
+            f"; CV size {record['cv']['selected_size']}" if "cv" in record else "",
+            f"{record['depth']['early_exit_cost']:.3f}" if "depth" in record else "-",
+            stab.get("same_selection"), stab.get("resamples"))
         out[name] = str(csv_path)
     return out
 
@@ -255,7 +260,7 @@ def main(argv=None) -> None:
                             cfg["batch_size"], cfg["num_workers"])
     if cal[0] != tgt[0]:
         raise FroqError("the cached statistics of calibration and target name different layers")
-    qualities = score_variants(cfg, cal, tgt, outdir)
+    qualities = score_variants(cfg, cal, tgt, outdir, network_costs(fr))
     if cfg["evaluation"]:
         from evaluation.main import main as evaluation_main
         eval_cfg = dict(cfg["evaluation"], qualities=qualities)

@@ -7,7 +7,8 @@ class the inference stage uses — on an observer file: one hooked pass per batc
 the deepest hooked layer (``early_exit: true``). Rows run round-robin ``repeats`` times after a
 warm-up; the median counts, ``x fwd`` = time per image / the plain forward's. Also printed: the
 forwards per batch counted by a pre-hook, the hooked layers, the statistics computed per layer,
-and where the deepest hooked layer sits.
+where the deepest hooked layer sits, and the early-exit cost: the share of the forward's Conv and
+Linear multiply-adds run before the exit (``observer.depth``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from froq.core.errors import FroqError  # noqa: E402
 from froq.core.images import list_images  # noqa: E402
 from froq.core.io import write_json  # noqa: E402
 from froq.core.stage import COMMON_KEYS  # noqa: E402
+from observer.depth import early_exit_cost  # noqa: E402
 from observer.hooks import observable_layers  # noqa: E402
+from observer.initialization import network_costs  # noqa: E402
 from observer.inference import QualityObserver, observer_plan, read_observer  # noqa: E402
 
 
@@ -64,6 +67,7 @@ def main(argv=None) -> dict:
     _, batches = preload(fr, cfg["images"], paths, cfg["batch_size"], cfg["num_workers"])
     n = sum(b.shape[0] for b in batches)
     all_layers = observable_layers(fr.network)
+    costs = network_costs(fr)
     observers, details = {}, {}
     for name, path in cfg["observers"].items():
         obs = read_observer(path)
@@ -72,7 +76,8 @@ def main(argv=None) -> dict:
         observers[name] = QualityObserver(fr, obs, early_exit=cfg["early_exit"])
         details[name] = {"layers": layers, "statistics": stats,
                          "features": len(features) if features else len(layers),
-                         "deepest": f"{all_layers[deepest]} (#{deepest + 1} of {len(all_layers)})"}
+                         "deepest": f"{all_layers[deepest]} (#{deepest + 1} of {len(all_layers)})",
+                         "early_exit_cost": early_exit_cost(costs["costs"], layers)}
     forwards: list[int] = []
     handle = fr.network.register_forward_pre_hook(lambda *a: forwards.append(1))
 
@@ -100,9 +105,11 @@ def main(argv=None) -> dict:
     for name, d in details.items():
         if "layers" in d:
             print(f"{name}: {d['features']} feature(s) on {len(d['layers'])} layer(s), statistics "
-                  f"{', '.join(d['statistics'])}; deepest hooked layer {d['deepest']}; "
+                  f"{', '.join(d['statistics'])}; deepest hooked layer {d['deepest']}; early-exit "
+                  f"cost {d['early_exit_cost']:.3f} of the multiply-adds; "
                   f"{d['forwards_per_batch']:.0f} forward per batch")
     result = {"machine": machine_info(fr.device), "images": n, "rows": rows, "observers": details,
+              "cost_unit": costs["unit"], "total_macs": costs["total_macs"],
               "config": public(cfg)}
     if cfg["outpath"]:
         write_json(cfg["outpath"], result)

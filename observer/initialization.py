@@ -29,15 +29,20 @@ from froq.core.io import read_json, read_quality_csv, write_json
 from froq.core.runner import finish_stage, open_source, run_images
 from froq.core.stage import COMMON_KEYS, output_path, refuse_overwriting_inputs
 from face_recognition_model.loading import fr_from_stage_config
+from observer.depth import early_exit_cost, module_costs
 from observer.hooks import NormRecorder, check_statistics, observable_layers
 from observer.scale import scale_record
-from observer.stability import selection_stability, stability_text
-from observer.combination import STANDARDISATIONS, WEIGHTINGS, combined_quality
+from observer.stability import (STABLE_THRESHOLD, plus_stability, resampled_selections,
+                                selection_stability, stability_text, stable_features)
+from observer.combination import STANDARDISATIONS, WEIGHTINGS, combined_quality, fit_standardisation
 from observer.selection import (alias_groups, cross_validate_size, fit_features, greedy_selection,
                                 layer_utilities, top_candidates)
 from preparation.split import identity_of
 
 log = logging.getLogger("observer.init")
+
+#: selection rules of the observer options
+SELECTIONS = ("greedy", "cv", "stable")
 
 SCHEMA = {
     "face_recognition_config": Key("path", help="the FR model's YAML config"),
@@ -60,8 +65,12 @@ SCHEMA = {
                   help="rank by |rho|, flip features that fall with quality (null: the variant's)"),
     "weights": Key("str", default=None, nullable=True, choices=list(WEIGHTINGS),
                    help="equal | rho (null: the variant's)"),
-    "selection": Key("str", default=None, nullable=True, choices=["greedy", "cv"],
-                     help="greedy on all images | cv: set size by identity-grouped CV (null: the variant's)"),
+    "selection": Key("str", default=None, nullable=True, choices=list(SELECTIONS),
+                     help="greedy on all images | cv: set size by identity-grouped CV | stable: features "
+                          "chosen by cv in most bootstrap resamples (null: the variant's)"),
+    "depth_budget": Key("any", default=None, nullable=True,
+                        help="none | paper | a cost share in (0, 1]: how deep the selected modules may be "
+                             "(null: the variant's)"),
     "cv_folds": Key(positive_int, default=5, help="identity-grouped folds of selection: cv"),
     "autocast": Key("bool", default=True, help="fp16 autocast on CUDA (ignored on CPU)"),
     "outpath": Key("path", help="observer JSON (or a folder: observer.json inside)"),
@@ -72,21 +81,31 @@ FORMAT = "froq-observer/1"
 
 #: the observer options (issue 12) and the two variants' values; a config key that is not null
 #: overrides its variant's value (e.g. ``variant: paper`` + ``standardise: zscore`` = one option alone)
-OPTION_KEYS = ("statistics", "standardise", "signed", "weights", "selection")
+OPTION_KEYS = ("statistics", "standardise", "signed", "weights", "selection", "depth_budget")
 VARIANTS = {
     "paper": {"statistics": ["l2"], "standardise": "none", "signed": False, "weights": "equal",
-              "selection": "greedy"},
+              "selection": "greedy", "depth_budget": "none"},
     "plus": {"statistics": ["l2", "l1", "mean", "std", "spatial_std"], "standardise": "zscore",
-             "signed": True, "weights": "equal", "selection": "cv"},
+             "signed": True, "weights": "equal", "selection": "cv", "depth_budget": "paper"},
 }
+
+
+def check_depth_budget(value) -> str | float:
+    """A ``depth_budget`` value → ``'none'``, ``'paper'`` or a float in (0, 1]; FroqError otherwise."""
+    if value in ("none", "paper"):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise FroqError(f"depth_budget {value!r}: must be none, paper or a cost share in (0, 1] "
+                    "(e.g. depth_budget: paper or depth_budget: 0.5)")
 
 
 def resolve_options(variant: str = "paper", overrides: Mapping | None = None) -> dict:
     """The observer options of ``variant`` with the non-null ``overrides`` applied.
 
     In: a variant name of ``VARIANTS`` and a mapping of option keys (null = keep the variant's).
-    Out: ``{statistics, standardise, signed, weights, selection}``; FroqError for an unknown
-    variant, option or statistic."""
+    Out: ``{statistics, standardise, signed, weights, selection, depth_budget}``; FroqError for an
+    unknown variant, option, statistic or budget."""
     if variant not in VARIANTS:
         raise FroqError(f"unknown observer variant {variant!r}; known: {', '.join(VARIANTS)}")
     options = dict(VARIANTS[variant], statistics=list(VARIANTS[variant]["statistics"]))
@@ -96,11 +115,12 @@ def resolve_options(variant: str = "paper", overrides: Mapping | None = None) ->
         if value is not None:
             options[key] = list(value) if key == "statistics" else value
     options["statistics"] = check_statistics(options["statistics"])
+    options["depth_budget"] = check_depth_budget(options["depth_budget"])
     if options["standardise"] not in STANDARDISATIONS or options["weights"] not in WEIGHTINGS \
-            or options["selection"] not in ("greedy", "cv") or not isinstance(options["signed"], bool):
+            or options["selection"] not in SELECTIONS or not isinstance(options["signed"], bool):
         raise FroqError(f"observer options {options}: standardise must be one of "
                         f"{', '.join(STANDARDISATIONS)}, weights one of {', '.join(WEIGHTINGS)}, "
-                        "selection greedy or cv, signed true or false")
+                        f"selection one of {', '.join(SELECTIONS)}, signed true or false")
     return options
 
 
@@ -219,14 +239,18 @@ def select_layers(layers: Sequence[str], norms: np.ndarray, labels: np.ndarray, 
 
 def select_features(layers: Sequence[str], stats: np.ndarray, labels: np.ndarray,
                     options: Mapping, top_n: int = 10, groups: Sequence[str] | None = None,
-                    cv_folds: int = 5, seed: int = 0) -> dict:
+                    cv_folds: int = 5, seed: int = 0, allowed: np.ndarray | None = None,
+                    resampled: Sequence[Sequence[int]] | None = None) -> dict:
     """FROQ+ selection (issue 12) on collected statistics → the JSON-able selection record.
 
     In: layer names, (N, L, S) statistics (S = ``options['statistics']`` in order), N labels, the
     resolved options, top-n, and for ``selection: cv`` the identity of every image (folds by
-    identity), the number of folds and the fold seed.
+    identity), the number of folds and the fold seed; ``allowed``: optional (L·S,) bool mask of
+    the features that may be candidates (the depth budget; the same mask on every CV fold);
+    for ``selection: stable`` the selections of the bootstrap resamples
+    (``observer.stability.resampled_selections``, feature column indices).
     Out: ``{selected_layers, features: [{layer, statistic, utility, sign, weight, mean/std or
-    quantiles}], standardise, greedy, candidates, layers, never_called, aliases, cv?,
+    quantiles}], standardise, greedy, candidates, layers, never_called, aliases, cv? / stable?,
     calibration_quality}`` — everything inference needs is in ``features`` + ``standardise``.
     """
     stat_names = list(options["statistics"])
@@ -237,25 +261,39 @@ def select_features(layers: Sequence[str], stats: np.ndarray, labels: np.ndarray
     def feature(j: int) -> tuple[str, str]:
         return layers[j // n_stats], stat_names[j % n_stats]
 
-    fit = fit_features(values, labels, top_n, method, signed, weighting)
+    fit = fit_features(values, labels, top_n, method, signed, weighting, allowed)
     if not fit.candidates:
         raise FroqError("no layer statistic has a defined Spearman utility (all outputs constant or "
-                        "missing): check the calibration set (identical images?) and the pseudo-labels")
+                        "missing): check the calibration set (identical images?) and the pseudo-labels"
+                        + ("" if allowed is None else ", or raise depth_budget"))
     size = fit.greedy.selected_count
-    cv = None
+    cv = stable = None
     if options["selection"] == "cv":
         if groups is None:
             raise FroqError("selection: cv needs the identity (parent folder) of every image")
         try:
             cv = cross_validate_size(values, labels, groups, top_n, cv_folds, seed, method, signed,
-                                     weighting)
+                                     weighting, allowed)
         except ValueError as exc:
             raise FroqError(f"selection: cv: {exc}; lower cv_folds or use selection: greedy") from None
         size = min(cv.size, len(fit.greedy.order))
     chosen = fit.greedy.order[:size]
+    if options["selection"] == "stable":
+        if resampled is None:
+            raise FroqError("selection: stable needs the bootstrap selections (observer_from_statistics "
+                            "computes them); use selection: cv")
+        key = [None if u is None else (abs(u) if signed else u) for u in fit.utilities]
+        chosen = stable_features(resampled, key) or chosen
+        stable = {"base": "cv", "threshold": STABLE_THRESHOLD, "resamples": len(resampled),
+                  "same_selection": sum(frozenset(r) == frozenset(chosen) for r in resampled)
+                  / max(len(resampled), 1)}
     features = []
     for j in chosen:
         layer, stat = feature(j)
+        if j not in fit.params:  # a stable feature outside the all-image candidates
+            fit.signs[j] = -1 if signed and fit.utilities[j] < 0 else 1
+            fit.params[j] = fit_standardisation(values[:, j], method)
+            fit.weights[j] = abs(fit.utilities[j]) if weighting == "rho" else 1.0
         features.append({"layer": layer, "statistic": stat, "utility": fit.utilities[j],
                          "sign": fit.signs[j], "weight": fit.weights[j], **fit.params[j]})
     selected_layers = list(dict.fromkeys(f["layer"] for f in features))
@@ -278,6 +316,8 @@ def select_features(layers: Sequence[str], stats: np.ndarray, labels: np.ndarray
         record["cv"] = {"folds": cv.folds, "seed": seed, "grouped_by": "parent folder",
                         "selected_size": size, "spearman_by_size": cv.spearman_by_size,
                         "per_fold": cv.per_fold}
+    if stable is not None:
+        record["stable"] = stable
     record["calibration_quality"] = combined_quality(values[:, chosen], features, method)
     return record
 
@@ -337,16 +377,16 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
         raise FroqError(f"{label_file}: {len(bad)} label(s) in column '{label_column}' are not finite "
                         f"numbers (e.g. {bad[0]}): recompute the pseudo-labels")
     failures = failures if failures is not None else FailureLog("observer init")
-    statistics = ["l2"] if is_paper(options) else options["statistics"]
+    statistics = ["l2"] if is_paper(options) else list(options["statistics"])
+    if not is_paper(options) and options["depth_budget"] == "paper" and "l2" not in statistics:
+        statistics.append("l2")  # the paper's selection sets the budget
     layers, read, stats = collect_statistics(fr, root, paths, statistics, batch_size, num_workers,
                                              autocast, resume_path, failures)
     if len(read) < 3:
         raise FroqError(f"{root}: only {len(read)} readable labelled images; need at least 3")
     y = np.array([labels[p] for p in read], dtype=np.float64)
-    record = observer_from_statistics(layers, statistics, stats, read, y, options, top_n, cv_folds, seed)
-    if is_paper(options):  # how stable the selection is: a bootstrap on the same norms (no forward)
-        record["stability"] = selection_stability(layers, stats[:, :, statistics.index("l2")], y, read,
-                                                  record["selected_layers"], top_n)
+    record = observer_from_statistics(layers, statistics, stats, read, y, options, top_n, cv_folds, seed,
+                                      costs=network_costs(fr))
     if foreign:
         record["foreign_labels"] = foreign
     return record
@@ -354,18 +394,23 @@ def initialize_observer(fr: FRModel, root: str | Path, label_file: str | Path | 
 
 def observer_from_statistics(layers: Sequence[str], statistics: Sequence[str], stats: np.ndarray,
                              paths: Sequence[str], labels: np.ndarray, options: Mapping | None = None,
-                             top_n: int = 10, cv_folds: int = 5, seed: int = 0) -> dict:
+                             top_n: int = 10, cv_folds: int = 5, seed: int = 0,
+                             costs: Mapping | None = None, stability: bool = True) -> dict:
     """The observer record from collected statistics (no forward pass): what ``initialize_observer``
     returns, also used by ``benchmarks/ablation.py`` on cached statistics.
 
     In: layer names, the statistic names of ``stats`` (N, L, S) (a superset of the options'; the
-    paper needs ``l2``), the images' relative paths (identity = parent folder, for CV) and labels,
-    the options (None = the paper), top-n, CV folds and seed.
-    Out: ``select_layers``' record (paper) or ``{options, **select_features}`` with ``images``
-    and ``scale`` (the calibration images' own qualities) added.
+    paper and ``depth_budget: paper`` need ``l2``), the images' relative paths (identity = parent
+    folder, for CV and the bootstrap) and labels, the options (None = the paper), top-n, CV folds
+    and seed, the network's depth costs (``observer.depth.module_costs``; needed by a
+    ``depth_budget`` other than none) and whether to add the bootstrap ``stability`` record.
+    Out: ``select_layers``' record (paper) or ``{options, **select_features}`` with ``images``,
+    ``scale`` (the calibration images' own qualities), ``depth`` (when ``costs`` are given: the
+    cost of every layer, the early-exit cost, the budget) and ``stability`` added.
     """
     statistics = list(statistics)
     labels = np.asarray(labels, dtype=np.float64)
+    layer_costs = dict(costs["costs"]) if costs is not None else None
     if is_paper(options):
         norms = stats[:, :, statistics.index("l2")]
         record = select_layers(layers, norms, labels, top_n)
@@ -373,14 +418,83 @@ def observer_from_statistics(layers: Sequence[str], statistics: Sequence[str], s
         columns = [list(layers).index(name) for name in record["selected_layers"]]
         # the calibration images' own FROQ qualities: the reference of the readable 0-100 scale
         record["scale"] = scale_record(norms[:, columns].mean(axis=1))
+        if stability:  # how stable the selection is: a bootstrap on the same norms (no forward)
+            record["stability"] = selection_stability(layers, norms, labels, paths,
+                                                      record["selected_layers"], top_n)
+        if costs is not None:
+            record["depth"] = depth_record(costs, record["selected_layers"])
         return record
+    budget, max_cost, paper_cost = options["depth_budget"], None, None
+    if budget != "none":
+        if layer_costs is None:
+            raise FroqError(f"depth_budget {budget}: the module costs of the network are needed "
+                            "(observer.depth.module_costs); pass costs or set depth_budget: none")
+        if budget == "paper":
+            if "l2" not in statistics:
+                raise FroqError("depth_budget paper needs the l2 statistic (the paper's selection); "
+                                "add l2 to the statistics or set depth_budget to none or a number")
+            paper = select_layers(layers, stats[:, :, statistics.index("l2")], labels, top_n)
+            max_cost = paper_cost = early_exit_cost(layer_costs, paper["selected_layers"])
+            if max_cost is None:
+                raise FroqError(f"depth_budget paper: the paper's layers {paper['selected_layers']} have "
+                                "no depth cost (not called in the costing forward); set depth_budget to "
+                                "none or a number")
+        else:
+            max_cost = float(budget)
     wanted = [statistics.index(s) for s in options["statistics"]]
+    sub = stats[:, :, wanted]
+    n_stats = len(wanted)
+    allowed = None
+    if max_cost is not None:
+        cost_of = [layer_costs.get(name) for name in layers]
+        allowed = np.array([cost_of[j // n_stats] is not None and cost_of[j // n_stats] <= max_cost
+                            for j in range(len(layers) * n_stats)])
+    groups = [identity_of(p) for p in paths]
+    values = sub.reshape(len(paths), -1)
+    resampled, started = None, time.perf_counter()
+    if stability or options["selection"] == "stable":
+        resampled = resampled_selections(values, labels, paths, dict(options), top_n, cv_folds, seed,
+                                         allowed)
     record = {"options": dict(options),
-              **select_features(layers, stats[:, :, wanted], labels, options, top_n,
-                                [identity_of(p) for p in paths], cv_folds, seed)}
+              **select_features(layers, sub, labels, options, top_n, groups, cv_folds, seed, allowed,
+                                None if resampled is None else resampled["selections"])}
     record["images"] = len(paths)
-    record["scale"] = scale_record(record.pop("calibration_quality"))
+    quality = record.pop("calibration_quality")
+    record["scale"] = scale_record(quality)
+    if stability:
+        names = [f"{layers[j // n_stats]}:{options['statistics'][j % n_stats]}"
+                 for j in range(values.shape[1])]
+        chosen = [names.index(f"{f['layer']}:{f['statistic']}") for f in record["features"]]
+        record["stability"] = plus_stability(names, [n.rsplit(":", 1)[0] for n in names], resampled,
+                                             labels, quality, chosen, options["selection"],
+                                             time.perf_counter() - started)
+    if layer_costs is not None:
+        for f in record["features"]:
+            f["cost"] = layer_costs.get(f["layer"])
+        record["depth"] = depth_record(costs, record["selected_layers"], budget, max_cost, paper_cost)
     return record
+
+
+def depth_record(costs: Mapping, selected: Sequence[str], budget: str | float = "none",
+                 max_cost: float | None = None, paper_cost: float | None = None) -> dict:
+    """The ``depth`` record of an observer file (``observer.depth``).
+
+    In: ``module_costs``' result, the selected layers, the ``depth_budget`` option, the cost limit
+    it gave and the paper selection's early-exit cost (for ``paper``). Out: ``{unit, total_macs,
+    early_exit_cost, selected: {layer: cost}, budget, max_cost, paper_early_exit_cost,
+    layer_costs}``."""
+    layer_costs = costs["costs"]
+    return {"unit": costs["unit"], "total_macs": costs["total_macs"],
+            "early_exit_cost": early_exit_cost(layer_costs, selected),
+            "selected": {name: layer_costs.get(name) for name in selected},
+            "budget": budget, "max_cost": max_cost, "paper_early_exit_cost": paper_cost,
+            "layer_costs": dict(layer_costs)}
+
+
+def network_costs(fr: FRModel) -> dict:
+    """``observer.depth.module_costs`` of ``fr``'s network for one black image of its input size."""
+    h, w = fr.preprocess.size
+    return module_costs(fr.network, torch.zeros(1, 3, h, w, device=fr.device))
 
 
 def observer_file_record(fr: FRModel, record: dict, calibration: str | Path, label_file: str | Path,

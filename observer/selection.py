@@ -132,17 +132,21 @@ class FeatureFit:
 
 
 def fit_features(values: np.ndarray, labels: np.ndarray, top_n: int, standardisation: str = "none",
-                 signed: bool = False, weighting: str = "equal") -> FeatureFit:
+                 signed: bool = False, weighting: str = "equal",
+                 allowed: np.ndarray | None = None) -> FeatureFit:
     """Utilities, candidates and greedy set of the (N, F) feature ``values`` against ``labels``.
 
     ``signed``: candidates are the top-n by |ρ| and a feature with ρ < 0 enters with sign −1;
     otherwise (the paper) the top-n by ρ, all with sign +1. ``standardisation`` (``none``,
     ``zscore``, ``rank``) is fitted on these images; ``weighting`` ``rho`` weights a feature by its
-    |ρ|, ``equal`` by 1. With none / unsigned / equal this is exactly the paper's selection.
+    |ρ|, ``equal`` by 1. ``allowed`` (optional (F,) bool, e.g. the depth budget): only these
+    features may be candidates (utilities are still computed for all). With none / unsigned /
+    equal and no mask this is exactly the paper's selection.
     """
     values = np.asarray(values, dtype=np.float64)
     utilities = layer_utilities(values, labels)
-    key = [None if u is None else (abs(u) if signed else u) for u in utilities]
+    key = [None if u is None or (allowed is not None and not allowed[j]) else (abs(u) if signed else u)
+           for j, u in enumerate(utilities)]
     candidates = top_candidates(key, top_n)
     signs = {j: (-1 if signed and utilities[j] < 0 else 1) for j in candidates}
     params = {j: fit_standardisation(values[:, j], standardisation) for j in candidates}
@@ -196,20 +200,23 @@ class CrossValidation:
 
 def cross_validate_size(values: np.ndarray, labels: np.ndarray, groups: Sequence[str], top_n: int,
                         folds: int = 5, seed: int = 0, standardisation: str = "none",
-                        signed: bool = False, weighting: str = "equal") -> CrossValidation:
+                        signed: bool = False, weighting: str = "equal",
+                        allowed: np.ndarray | None = None) -> CrossValidation:
     """Choose the set size by identity-grouped cross-validation (issue 12, point 2).
 
     For each fold: ``fit_features`` on the other folds (utilities, candidates, signs, weights,
     standardisation, greedy order — nothing from the held-out images), then ρ between the held-out
     images' labels and the score of every prefix of that greedy order. The size with the highest
-    mean held-out ρ wins (the first on ties)."""
+    mean held-out ρ wins (the first on ties). ``allowed``: the candidate mask of ``fit_features``,
+    the same on every fold."""
     values = np.asarray(values, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     fold = identity_folds(groups, folds, seed)
     per_fold = []
     for k in range(folds):
         train, test = fold != k, fold == k
-        fit = fit_features(values[train], labels[train], top_n, standardisation, signed, weighting)
+        fit = fit_features(values[train], labels[train], top_n, standardisation, signed, weighting,
+                           allowed)
         scores = score_prefixes(fit, values[test], standardisation, weighting)
         per_fold.append([spearman(s, labels[test]) for s in scores])
     longest = max((len(r) for r in per_fold), default=0)

@@ -169,5 +169,199 @@ def stability_text(stability: dict, selected: Sequence[str]) -> str:
                 if rho.get("median") is not None else "rho undefined")
     span = (f"{100 * min(chosen):.0f}-{100 * max(chosen):.0f} %" if len(chosen) > 1
             else f"{100 * chosen[0]:.0f} %" if chosen else "-")
+    same = "same features" if "feature_frequency" in stability else "same layers"  # plus: features
     return (f"bootstrap ({stability['resamples']} {stability['unit']} resamples): {interval}, "
-            f"same layers {100 * stability['same_selection']:.0f} %, selected layers chosen in {span}")
+            f"{same} {100 * stability['same_selection']:.0f} %, selected layers chosen in {span}")
+
+
+# -- FROQ+ (issue 22): the plus selection on resamples, its stability record, the stable rule ------
+
+#: features re-ranked on a resample: the ``max(SCREEN_FACTOR · top_n, SCREEN_MIN)`` allowed
+#: features with the highest ranking key (ρ, or |ρ| when signed) on all calibration images
+SCREEN_FACTOR, SCREEN_MIN = 4, 40
+#: ``selection: stable`` keeps the features chosen in at least this share of the resamples
+STABLE_THRESHOLD = 0.5
+
+
+def _ranked_labels(labels: np.ndarray) -> np.ndarray:
+    y = average_ranks(np.asarray(labels, dtype=np.float64)[:, None])[:, 0]
+    return y - y.mean()
+
+
+def quick_fit(values: np.ndarray, labels: np.ndarray, top_n: int, standardisation: str,
+              signed: bool, weighting: str, allowed: np.ndarray | None = None):
+    """``observer.selection.fit_features`` vectorised (the Spearman ρ of all columns of a step at
+    once, as ``reselect``), for the resamples.
+
+    In: (N, F) values, N labels, the options, and an optional (F,) bool mask of the features that
+    may be candidates. Out: ``(order, rhos, selected_count, signs, params, weights)``: the greedy
+    order (column indices), ρ per step, the greedy set size, and per candidate its sign,
+    standardisation parameters and weight (dicts by column)."""
+    from observer.combination import fit_standardisation, standardise
+
+    y = _ranked_labels(labels)
+    if not np.any(y):
+        return [], [], 0, {}, {}, {}
+    util = _rank_correlations(values, y)
+    key = np.abs(util) if signed else util.copy()
+    if allowed is not None:
+        key[~allowed] = np.nan
+    scored = sorted((-float(key[j]), j) for j in np.flatnonzero(np.isfinite(key)))
+    candidates = [j for _, j in scored[:top_n]]
+    if not candidates:
+        return [], [], 0, {}, {}, {}
+    signs = {j: (-1 if signed and util[j] < 0 else 1) for j in candidates}
+    params = {j: fit_standardisation(values[:, j], standardisation) for j in candidates}
+    weights = {j: (abs(float(util[j])) if weighting == "rho" else 1.0) for j in candidates}
+    cols = {j: signs[j] * standardise(values[:, j], params[j], standardisation) for j in candidates}
+    order = [candidates[0]]
+    rhos = [float(_rank_correlations(cols[order[0]][:, None], y)[0])]
+    unused = candidates[1:]
+    total, wsum = weights[order[0]] * cols[order[0]], weights[order[0]]
+    while unused:
+        trial = np.stack([(total + weights[j] * cols[j]) / (wsum + weights[j]) for j in unused], axis=1)
+        r = _rank_correlations(trial, y)
+        best = int(np.nanargmax(r)) if np.any(np.isfinite(r)) else 0  # first wins ties
+        j = unused.pop(best)
+        order.append(j)
+        rhos.append(float(r[best]))
+        total, wsum = total + weights[j] * cols[j], wsum + weights[j]
+    finite = np.isfinite(rhos)
+    count = int(np.nanargmax(np.where(finite, rhos, np.nan))) + 1 if finite.any() else 1
+    return order, rhos, count, signs, params, weights
+
+
+def quick_select(values: np.ndarray, labels: np.ndarray, groups: Sequence[str], options: dict,
+                 top_n: int, cv_folds: int = 5, seed: int = 0,
+                 allowed: np.ndarray | None = None) -> list[int]:
+    """The selected columns of ``observer.initialization.select_features`` for ``options``
+    (``selection`` greedy, or cv: the size of the best mean held-out ρ over identity folds, as
+    ``observer.selection.cross_validate_size``), vectorised. ``selection: stable`` is treated as
+    its base rule ``cv``. With fewer identities than folds the greedy size is used.
+
+    In: (N, F) values, N labels, N identities, the resolved options, top-n, folds, fold seed,
+    optional (F,) candidate mask. Out: the selected column indices, in greedy order."""
+    from observer.combination import standardise, weighted_mean
+    from observer.selection import identity_folds
+
+    method, signed, weighting = options["standardise"], options["signed"], options["weights"]
+    order, _, count, *_ = quick_fit(values, labels, top_n, method, signed, weighting, allowed)
+    if not order or options["selection"] == "greedy":
+        return order[:count]
+    try:
+        fold = identity_folds(groups, cv_folds, seed)
+    except ValueError:
+        return order[:count]
+    sums: dict[int, list[float]] = {}
+    for k in range(cv_folds):
+        train, test = fold != k, fold == k
+        o, _, _, s, p, w = quick_fit(values[train], labels[train], top_n, method, signed, weighting, allowed)
+        if not o or test.sum() < 3:
+            continue
+        cols = np.stack([s[j] * standardise(values[test][:, j], p[j], method) for j in o], axis=1)
+        wts = np.array([w[j] for j in o])
+        prefixes = np.stack([weighted_mean(cols[:, :m], None if weighting == "equal" else wts[:m])
+                             for m in range(1, len(o) + 1)], axis=1)
+        r = _rank_correlations(prefixes, _ranked_labels(labels[test]))
+        for m, value in enumerate(r):
+            if np.isfinite(value):
+                sums.setdefault(m, []).append(float(value))
+    if not sums:
+        return order[:count]
+    means = [np.mean(sums[m]) if m in sums else -np.inf for m in range(max(sums) + 1)]
+    return order[:min(int(np.argmax(means)) + 1, len(order))]
+
+
+def screen_features(values: np.ndarray, labels: np.ndarray, top_n: int, signed: bool,
+                    allowed: np.ndarray | None = None) -> np.ndarray:
+    """Column indices re-ranked on resamples (``SCREEN_FACTOR``, ``SCREEN_MIN``): the allowed
+    features with the highest ranking key on all images, best first."""
+    util = _rank_correlations(np.asarray(values, dtype=np.float64), _ranked_labels(labels))
+    key = np.abs(util) if signed else util
+    if allowed is not None:
+        key = np.where(allowed, key, np.nan)
+    finite = np.flatnonzero(np.isfinite(key))
+    best = finite[np.lexsort((finite, -key[finite]))]
+    return best[:max(SCREEN_FACTOR * top_n, SCREEN_MIN)]
+
+
+def resampled_selections(values: np.ndarray, labels: np.ndarray, paths: Sequence[str], options: dict,
+                         top_n: int, cv_folds: int = 5, fold_seed: int = 0,
+                         allowed: np.ndarray | None = None, resamples: int = RESAMPLES,
+                         seed: int = SEED) -> dict:
+    """The FROQ+ selection (``quick_select``) re-run on bootstrap resamples of the calibration
+    identities (``resample_indices``; images when fewer than ``MIN_IDENTITIES`` folders).
+
+    In: (N, F) feature values, N labels, the images' relative paths, the resolved options, top-n,
+    CV folds and fold seed, optional candidate mask, resamples and seed. Only the
+    ``screen_features`` columns are re-ranked. Out: ``{draws: [row indices per resample],
+    selections: [tuple of column indices per resample], unit, units, screened}``."""
+    values = np.asarray(values, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    screen = screen_features(values, labels, top_n, options["signed"], allowed)
+    groups = identity_groups(paths)
+    unit = "identity" if len(groups) >= MIN_IDENTITIES else "image"
+    names = np.array([identity_of(p) for p in paths])
+    rng = np.random.default_rng(seed)
+    sub = values[:, screen]
+    draws, selections = [], []
+    for _ in range(resamples):
+        idx = resample_indices(groups, rng, unit)
+        picked = quick_select(sub[idx], labels[idx], list(names[idx]), options, top_n, cv_folds,
+                              fold_seed) if screen.size else []
+        draws.append(idx)
+        selections.append(tuple(int(screen[j]) for j in picked))
+    return {"draws": draws, "selections": selections, "unit": unit,
+            "units": len(groups) if unit == "identity" else len(paths), "screened": int(screen.size)}
+
+
+def stable_features(selections: Sequence[Sequence[int]], key: Sequence[float | None],
+                    threshold: float = STABLE_THRESHOLD) -> list[int]:
+    """``selection: stable``: the features chosen in at least ``threshold`` of the resampled
+    ``selections``, most frequent first (ties: higher ranking ``key`` on all images, then lower
+    index); when none reaches it, the most frequent one. [] when no resample selected anything."""
+    counts: dict[int, int] = {}
+    for sel in selections:
+        for j in set(sel):
+            counts[j] = counts.get(j, 0) + 1
+    if not counts:
+        return []
+    k = [(-counts[j], -(key[j] if key[j] is not None else -np.inf), j) for j in counts]
+    k.sort()
+    kept = [j for c, _, j in k if -c >= threshold * len(selections)]
+    return kept or [k[0][2]]
+
+
+def plus_stability(feature_names: Sequence[str], feature_layers: Sequence[str], resampled: dict,
+                   labels: np.ndarray, quality: np.ndarray, chosen: Sequence[int], rule: str,
+                   seconds: float, seed: int = SEED) -> dict:
+    """The ``stability`` record of a FROQ+ observer from ``resampled_selections``.
+
+    In: the name (``layer:statistic``) and layer of every feature column, the resampled
+    selections, the labels, the observer's calibration qualities (its own combination, fixed
+    parameters), its chosen columns, the selection rule, the seconds spent and the seed. Out: as
+    ``selection_stability`` (``layer_frequency`` = share of resamples using each layer) plus
+    ``feature_frequency``, ``rule`` and ``screened``."""
+    sels = resampled["selections"]
+    n = len(sels)
+    mine = frozenset(chosen)
+    feat: dict[int, int] = {}
+    lay: dict[str, int] = {}
+    for sel in sels:
+        for j in set(sel):
+            feat[j] = feat.get(j, 0) + 1
+        for name in {feature_layers[j] for j in sel}:
+            lay[name] = lay.get(name, 0) + 1
+    rhos = [r for r in (spearman(quality[idx], labels[idx]) for idx in resampled["draws"]) if r is not None]
+    r = np.array(rhos)
+    return {"resamples": n, "unit": resampled["unit"], "units": resampled["units"], "seed": seed,
+            "rule": rule, "screened": resampled["screened"],
+            "rho": {"observer": spearman(quality, labels),
+                    "median": float(np.median(r)) if r.size else None,
+                    "low": float(np.percentile(r, 2.5)) if r.size else None,
+                    "high": float(np.percentile(r, 97.5)) if r.size else None},
+            "same_selection": (sum(frozenset(s) == mine for s in sels) / n) if n else None,
+            "feature_frequency": {feature_names[j]: c / n for j, c in
+                                  sorted(feat.items(), key=lambda t: (-t[1], t[0]))},
+            "layer_frequency": {k: c / n for k, c in sorted(lay.items(), key=lambda t: -t[1])},
+            "seconds": round(seconds, 3)}
