@@ -11,8 +11,9 @@ forward of the batch of images per perturbation (clean, flip, each noise draw, e
 cell), fp32. This checkout's rows: the path of main before issue 20 (one full forward per occluded
 copy, nothing folded), the incremental occlusion, the default (incremental + affines folded into
 the convolutions, baselineFIQA/fusion.py) and the ``precision: bf16`` option (other numbers: its
-``max |Δ|`` says how far; ``--no-bf16`` skips it). ``x fwd`` = seconds per labelled image / seconds per plain forward of one image (the
-official rule's count is 2 + K + cells, 76 with the paper's constants). ``--baseline DIR`` runs
+``max |Δ|`` says how far; ``--no-bf16`` skips it). ``x fwd`` = seconds per labelled image /
+seconds per plain forward of one image (the official rule's count is 2 + K + cells, 76 with the
+paper's constants). ``--baseline DIR`` runs
 the same measurement with the code of the checkout ``DIR`` (its ``PYTHONPATH``) in a child process
 and reports its rows too; ``speed-up`` and ``max |Δ|`` compare every row with the baseline's first
 labels row (or this checkout's ``occlusion full`` row), ``max |Δ| official`` with the official rule.
