@@ -22,6 +22,7 @@ if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == _HERE:
 
 import torch  # noqa: E402
 
+from baselineFIQA.perturbations import flip  # noqa: E402
 from face_recognition_model.loading import load_fr_config, load_fr_model  # noqa: E402
 from froq.core.images import FailureLog, list_images  # noqa: E402
 from froq.core.runner import iterate_folder  # noqa: E402
@@ -38,7 +39,7 @@ def flip_labels(fr, root: str, paths: list[str], batch_size: int = 32) -> list[t
                                               desc="flip labels"):
         with torch.no_grad():
             a = fr.embed(images)
-            b = fr.embed(torch.flip(images, dims=[-1]))
+            b = fr.embed(flip(images))  # the labels' own flip
         cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
         rows += [(p, float(c)) for p, c in zip(batch_paths, cos.tolist())]
     return rows
