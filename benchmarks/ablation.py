@@ -1,6 +1,6 @@
 """FROQ+ ablation: each observer option alone and the ``plus`` variant against ``paper``.
 
-    python benchmarks/ablation.py -c configs/ablation.yaml [--set outdir=DIR ...]
+    python benchmarks/ablation.py -c configs/ablation_pool.yaml [--set outdir=DIR ...]
 
 1. One hooked pass over the calibration folder and over the benchmark folder computes every
    statistic of every layer (``observer.initialization.collect_statistics``); the arrays are cached
