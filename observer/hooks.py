@@ -1,6 +1,7 @@
 """The one hook mechanism of FROQ: per-image statistics of module outputs (the paper's L2 norm, and
-optionally L1, mean, standard deviation, spatial spread of channel norms), reduced inside forward
-hooks (activations are never stored), with optional early exit once the wanted layers have fired.
+optionally L1, mean, standard deviation, spatial spread and left-right symmetry of channel norms),
+reduced inside forward hooks (activations are never stored), with optional early exit once the
+wanted layers have fired.
 
 Used by observer initialisation (all layers, one pass) and inference (selected layers only).
 """
@@ -51,11 +52,27 @@ def _spatial_std(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor | None:
     return torch.std(per_position.reshape(out.shape[0], -1), dim=1, correction=0)
 
 
+def _symmetry(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor | None:
+    if out.dim() != 4 or out.shape[3] < 2:
+        return None
+    per_position = torch.linalg.vector_norm(out, dim=1, dtype=torch.float32)  # (B, H, W)
+    a = per_position.reshape(out.shape[0], -1)
+    b = torch.flip(per_position, dims=[2]).reshape(out.shape[0], -1)  # left-right mirror
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    # a map with no spread (e.g. all zero) has no shape to compare: 0, not NaN
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
 #: Per-image statistics of a layer's output ``x`` (B first; ``f`` = one image's output flattened):
 #: ``l2`` = ||f||_2 (the paper's), ``l1`` = ||f||_1, ``mean`` = mean(f), ``std`` = population std
 #: of f, ``spatial_std`` = population std over the H×W positions of the L2 norm over channels of a
-#: (B, C, H, W) output (undefined for other shapes). All reduced in float32.
-STATISTICS = {"l2": _l2, "l1": _l1, "mean": _mean, "std": _std, "spatial_std": _spatial_std}
+#: (B, C, H, W) output (undefined for other shapes), ``symmetry`` = Pearson correlation over the
+#: H×W positions between that per-position norm map and its left-right mirror (1 = the map is its
+#: own mirror image, 0 for a flat map; undefined for other shapes or a width of 1). All reduced in
+#: float32.
+STATISTICS = {"l2": _l2, "l1": _l1, "mean": _mean, "std": _std, "spatial_std": _spatial_std,
+              "symmetry": _symmetry}
 
 
 def check_statistics(statistics: Sequence[str]) -> list[str]:

@@ -206,11 +206,35 @@ def test_extra_statistics_match_a_direct_computation(faces):
                   "std": flat.std(1, unbiased=False)}
         direct["spatial_std"] = (a.pow(2).sum(1).sqrt().reshape(N_IMAGES, -1).std(1, unbiased=False)
                                  if a.dim() == 4 and a.shape[2] * a.shape[3] > 1 else None)
+        direct["symmetry"] = None
+        if a.dim() == 4 and a.shape[3] > 1:  # correlation of the channel-norm map with its mirror
+            maps = a.pow(2).sum(1).sqrt().numpy()
+            direct["symmetry"] = torch.tensor(
+                [np.corrcoef(m.ravel(), m[:, ::-1].ravel())[0, 1] if m.std() > 0 else 0.0 for m in maps])
         for si, stat in enumerate(STATISTICS):
             if direct[stat] is None:
                 assert np.all(np.isnan(stats[:, li, si])), (name, stat)
             else:
                 assert np.allclose(stats[:, li, si], direct[stat].numpy(), rtol=1e-4, atol=1e-5), (name, stat)
+
+
+def test_symmetry_statistic_reads_left_right_mirroring():
+    """``symmetry``: +1 for a channel-norm map equal to its mirror, -1 for one that is its own
+    negative mirror around the mean, lower for a blob moved off the vertical axis; 0 for a flat
+    map; undefined for a width of 1 or a 2-D output."""
+    x = torch.zeros(4, 3, 6, 8)
+    x[0, :, 2:4, 3:5] = 1.0                       # centred blob: symmetric
+    x[1, :, :, :4] = 1.0                          # left half lit: anti-symmetric
+    x[2, :, 2:4, 0:2] = 1.0                       # blob at the left edge
+    x[2, :, 2:4, 5:7] = 0.5                       # weaker blob on the right, not mirrored
+    x[3] = 1.0                                    # flat
+    sym = STATISTICS["symmetry"](x, x.reshape(4, -1))
+    assert sym[0] == pytest.approx(1.0) and sym[1] == pytest.approx(-1.0)
+    assert -1.0 < sym[2] < 0.9 and sym[3] == 0.0
+    # the channels enter only through the per-position norm: permuting them changes nothing
+    assert torch.allclose(STATISTICS["symmetry"](x[:, [2, 0, 1]], x.reshape(4, -1)), sym)
+    assert STATISTICS["symmetry"](x[..., :1], x.reshape(4, -1)) is None
+    assert STATISTICS["symmetry"](x.reshape(4, -1), x.reshape(4, -1)) is None
 
 
 def test_paper_variant_is_the_published_method(faces):
