@@ -126,6 +126,22 @@ def test_precision_contexts():
         PseudoLabeler(fr, LabelSettings(mpx=19, precision="fp16"))
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
+    import baselineFIQA.labels as labels_module
+    fr = fr_model("dlib_resnet", 150)
+    for native, precision, warned in ((False, "bf16", True), (True, "bf16", False), (None, "bf16", False),
+                                      (False, "fp32", False), (False, "auto", False)):
+        monkeypatch.setattr(labels_module, "cpu_has_fast_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="baselineFIQA.labels"):
+            PseudoLabeler(fr, LabelSettings(mpx=75, precision=precision))
+        lines = [r.getMessage() for r in caplog.records if "AMX" in r.getMessage()]
+        assert len(lines) == int(warned), (native, precision, lines)
+    # torch's own probes answer on this machine (a bool), or the helper says it cannot tell
+    from froq.core.device import cpu_has_fast_bf16
+    assert cpu_has_fast_bf16() in (True, False, None)
+
+
 def test_bf16_labels_run_in_bf16_and_stay_close():
     fr = fr_model("dlib_resnet", 150)
     x = faces(2, 150)  # a 2x2 grid: few window shapes (the first bf16 call of a shape is slow)
