@@ -74,6 +74,8 @@ def measure(args) -> dict:
         if not args.bf16:
             variants.pop()
     variants += [(f"labels, forward_batch {fb}", {"forward_batch": fb}) for fb in args.forward_batches]
+    if args.channels_last_off and "channels_last" in fields:
+        variants.append(("labels, default, channels-last off", {"channels_last": False}))
     mpx = args.mpx or (min(fr.preprocess.size) + 4) // 8
     if args.official:
         rows["official rule"] = {}
@@ -175,6 +177,8 @@ def main(argv=None) -> int:
                    help="skip the official rule's row (the slowest)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 option's row")
+    p.add_argument("--channels-last-off", action="store_true",
+                   help="add a row with the channels-last format off (the stage's CPU default is on)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--baseline", default=None, help="another checkout to measure the same way")
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # child mode: write rows here
