@@ -83,9 +83,10 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
                         other layer selections on LFW; all of a given --calibration folder unless
                         this is set). Labels cost ~76 forward passes per image by the official
                         rule, ~41 with this toolkit's default path (same labels); measured with
-                        benchmarks/labels.py, dlib_resnet, one thread on this 2-core CPU at
-                        load ~2: 3.3 img/s (1000 images ~5 min); AdaFace IR-50 0.2 img/s (~1.4 h);
-                        a busy machine takes several times longer (README, Pseudo-label speed). Finished
+                        benchmarks/labels.py, dlib_resnet, one thread on a 2-core Xeon VM at
+                        load ~2: 3.3 img/s (1000 images ~5 min; an AVX2 EPYC: 2.4 img/s, ~7 min);
+                        AdaFace IR-50 0.2 img/s (~1.4 h; EPYC 0.12, ~2.4 h); a busy machine takes
+                        several times longer (README, Pseudo-label speed). Finished
                         labels are reused by any later run on the same images, model and settings
                         (cache in ~/.cache/froq/labels, FROQ_CACHE=DIR or off).
   --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)
