@@ -137,9 +137,19 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
             PseudoLabeler(fr, LabelSettings(mpx=75, precision=precision))
         lines = [r.getMessage() for r in caplog.records if "AMX" in r.getMessage()]
         assert len(lines) == int(warned), (native, precision, lines)
-    # torch's own probes answer on this machine (a bool), or the helper says it cannot tell
+    # the helper reads torch's two private probes: either one says yes, both no, or it cannot tell
     from froq.core.device import cpu_has_fast_bf16
-    assert cpu_has_fast_bf16() in (True, False, None)
+    for amx, avx512, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v, raising=False)
+        assert cpu_has_fast_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert cpu_has_fast_bf16() is None
+
+    def broken():
+        raise RuntimeError("probe changed")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert cpu_has_fast_bf16() is None
 
 
 def test_bf16_labels_run_in_bf16_and_stay_close():
