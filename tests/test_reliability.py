@@ -118,10 +118,13 @@ def test_a_second_run_on_a_locked_output_is_refused_naming_the_holder(calib, tmp
     assert not out.exists() and not Path(f"{out}.lock").exists()
 
 
-def test_two_processes_with_different_settings_never_share_a_partial(calib, tmp_path):
+def test_two_processes_with_different_settings_never_share_a_partial(calib, tmp_path, monkeypatch):
     """Two real runs started together on one outpath, with different constants: one is refused,
     the other's output equals a clean run with its own settings."""
     _, folder = calib
+    # a labels-cache hit (the fixture labelled this folder with the first run's settings) would
+    # finish in milliseconds, before the second run asks for the lock: the runs must overlap
+    monkeypatch.setenv("FROQ_CACHE", "off")
     out = tmp_path / "labels.csv"
     a = subprocess.Popen(froq_cmd(*labels_args(folder, out)), cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
