@@ -45,23 +45,26 @@ def _std(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     return torch.std(flat.float(), dim=1, correction=0)
 
 
+def _position_norms(out: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) float32 L2 norm over the channels of a (B, C, H, W) output."""
+    return torch.linalg.vector_norm(out, dim=1, dtype=torch.float32)
+
+
 def _spatial_std(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor | None:
     if out.dim() != 4 or out.shape[2] * out.shape[3] < 2:
         return None
-    per_position = torch.linalg.vector_norm(out, dim=1, dtype=torch.float32)  # (B, H, W)
-    return torch.std(per_position.reshape(out.shape[0], -1), dim=1, correction=0)
+    return torch.std(_position_norms(out).reshape(out.shape[0], -1), dim=1, correction=0)
 
 
 def _symmetry(out: torch.Tensor, flat: torch.Tensor) -> torch.Tensor | None:
     if out.dim() != 4 or out.shape[3] < 2:
         return None
-    per_position = torch.linalg.vector_norm(out, dim=1, dtype=torch.float32)  # (B, H, W)
-    a = per_position.reshape(out.shape[0], -1)
-    b = torch.flip(per_position, dims=[2]).reshape(out.shape[0], -1)  # left-right mirror
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
+    norms = _position_norms(out)
+    centred = norms - norms.mean(dim=(1, 2), keepdim=True)
+    # the mirror has the same mean and spread, so the correlation is <c, mirror(c)> / <c, c>;
     # a map with no spread (e.g. all zero) has no shape to compare: 0, not NaN
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    mirrored = torch.flip(centred, dims=[2])
+    return (centred * mirrored).sum(dim=(1, 2)) / centred.square().sum(dim=(1, 2)).clamp_min(1e-12)
 
 
 #: Per-image statistics of a layer's output ``x`` (B first; ``f`` = one image's output flattened):
