@@ -17,6 +17,8 @@
 4. Paired comparison with ``reference`` (the paper): on the same identity resamples
    (``evaluation.bootstrap.bootstrap_samples``) the relative change of the normalised pAUC,
    1 − pAUC(variant) / pAUC(paper), with its 95 % percentile interval → ``paired.json`` and a table.
+   ``qualities`` adds finished quality CSVs of the benchmark images (e.g. the pseudo-label method
+   itself, ``froq labels`` on the target folder) to steps 3 and 4 beside the variants.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ SCHEMA = {
     "variants": Key("dict", help="{name: {observer option: value}} (options of configs/init.yaml)"),
     "evaluation": Key("dict", default=None, nullable=True,
                       help="evaluation config (configs/evaluation.yaml keys) minus 'qualities'"),
+    "qualities": Key("dict", default=None, nullable=True,
+                     help="{name: quality CSV of the target images} evaluated beside the variants"),
     "reference": Key("str", default="paper", help="variant the others are compared with (paired)"),
     "paired_resamples": Key(positive_int, default=1000, help="identity resamples of the paired comparison"),
     "outdir": Key("path", help="observers, quality CSVs and the evaluation"),
@@ -159,6 +163,20 @@ def score_variants(cfg: dict, cal: tuple, tgt: tuple, outdir: Path,
             f"{record['depth']['early_exit_cost']:.3f}" if "depth" in record else "-",
             stab.get("same_selection"), stab.get("resamples"))
         out[name] = str(csv_path)
+    return out
+
+
+def extra_qualities(extra: dict, variants: dict) -> dict[str, str]:
+    """The config's ``qualities`` ``{name: CSV}`` checked: a name may not repeat a variant's and
+    every file must exist (a clear error otherwise). Out: ``{name: CSV path}``."""
+    out = {}
+    for name, path in extra.items():
+        if name in variants:
+            raise FroqError(f"qualities.{name}: the name of a variant; give the CSV another name")
+        if not Path(path).is_file():
+            raise FroqError(f"qualities.{name}: {path} is not a file; give a path,quality CSV of "
+                            "the target images (e.g. froq labels on the target folder)")
+        out[name] = str(path)
     return out
 
 
@@ -261,6 +279,7 @@ def main(argv=None) -> None:
     if cal[0] != tgt[0]:
         raise FroqError("the cached statistics of calibration and target name different layers")
     qualities = score_variants(cfg, cal, tgt, outdir, network_costs(fr))
+    qualities.update(extra_qualities(cfg["qualities"] or {}, qualities))
     if cfg["evaluation"]:
         from evaluation.main import main as evaluation_main
         eval_cfg = dict(cfg["evaluation"], qualities=qualities)
