@@ -166,11 +166,13 @@ def score_variants(cfg: dict, cal: tuple, tgt: tuple, outdir: Path,
     return out
 
 
-def extra_qualities(extra: dict, variants: dict) -> dict[str, str]:
-    """The config's ``qualities`` ``{name: CSV}`` checked: a name may not repeat a variant's and
-    every file must exist (a clear error otherwise). Out: ``{name: CSV path}``."""
+def extra_qualities(extra: dict, variants) -> dict[str, str]:
+    """The config's ``qualities`` ``{name: CSV}`` checked against the variant names (a mapping or
+    any collection of names): a name may not repeat a variant's and every file must exist (a clear
+    error otherwise). Out: ``{name: CSV path}``."""
     out = {}
     for name, path in extra.items():
+        path = str(path)
         if name in variants:
             raise FroqError(f"qualities.{name}: the name of a variant; give the CSV another name")
         if not Path(path).is_file():
@@ -266,6 +268,7 @@ def main(argv=None) -> None:
     args = stage_parser(__doc__.splitlines()[0], SCHEMA).parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, SCHEMA, args.overrides)
+    extra = extra_qualities(cfg["qualities"] or {}, cfg["variants"])  # checked before any forward
     outdir = Path(cfg["outdir"])
     outdir.mkdir(parents=True, exist_ok=True)
     fr = fr_from_stage_config(cfg)
@@ -279,7 +282,7 @@ def main(argv=None) -> None:
     if cal[0] != tgt[0]:
         raise FroqError("the cached statistics of calibration and target name different layers")
     qualities = score_variants(cfg, cal, tgt, outdir, network_costs(fr))
-    qualities.update(extra_qualities(cfg["qualities"] or {}, qualities))
+    qualities.update(extra)
     if cfg["evaluation"]:
         from evaluation.main import main as evaluation_main
         eval_cfg = dict(cfg["evaluation"], qualities=qualities)
