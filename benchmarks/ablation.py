@@ -178,7 +178,7 @@ def extra_qualities(extra: dict, variants) -> dict[str, str]:
         if not Path(path).is_file():
             raise FroqError(f"qualities.{name}: {path} is not a file; give a path,quality CSV of "
                             "the target images (e.g. froq labels on the target folder)")
-        out[name] = str(path)
+        out[name] = path
     return out
 
 
