@@ -118,6 +118,32 @@ def test_a_second_run_on_a_locked_output_is_refused_naming_the_holder(calib, tmp
     assert not out.exists() and not Path(f"{out}.lock").exists()
 
 
+def test_a_refused_run_waits_for_the_holder_to_write_its_record(tmp_path):
+    """The holder writes its record just after it takes the lock: a run refused in between reads
+    the record once it is there (pid named), and a lock file that never gets one says so."""
+    import fcntl
+    import threading
+    out = tmp_path / "labels.csv"
+    lock = Path(f"{out}.lock")
+    with open(lock, "a+", encoding="utf-8") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, record not yet written
+
+        def write_record():
+            held.write(json.dumps({"pid": 4242, "host": "h", "started": "s", "command": "c"}))
+            held.flush()
+        writer = threading.Timer(0.2, write_record)
+        writer.start()
+        with pytest.raises(FroqError, match="another run \\(pid 4242 on h"):
+            with output_lock(out):
+                pass
+        writer.join()
+        held.seek(0)
+        held.truncate()  # a holder that never writes: refused after the wait, holder unknown
+        with pytest.raises(FroqError, match="another run \\(holder unknown\\)"):
+            with output_lock(out):
+                pass
+
+
 def test_two_processes_with_different_settings_never_share_a_partial(calib, tmp_path, monkeypatch):
     """Two real runs started together on one outpath, with different constants: one is refused,
     the other's output equals a clean run with its own settings."""

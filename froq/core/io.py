@@ -277,8 +277,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = _lock_holder(fh.read())
+            holder = _read_holder(fh)
             fh.close()
             raise FroqError(f"{path} is being written by another run ({holder}); wait for it to "
                             f"finish, or use another output path") from None
@@ -309,10 +308,25 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         fh.close()  # releases the flock
 
 
+def _read_holder(fh, wait: float = 1.0) -> str:
+    """The holder described in an open, held lock file. The holder writes its record just after it
+    takes the lock, so an empty or half-written file is re-read for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        fh.seek(0)
+        holder = _lock_holder(fh.read())
+        if holder != UNKNOWN_HOLDER or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.02)
+
+
+UNKNOWN_HOLDER = "holder unknown"
+
+
 def _lock_holder(text: str) -> str:
     try:
         info = json.loads(text)
         return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
                 f"{info.get('command', '?')}")
     except (ValueError, KeyError, TypeError):
-        return "holder unknown"
+        return UNKNOWN_HOLDER
