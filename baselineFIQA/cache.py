@@ -78,6 +78,8 @@ def labels_key(fr, root: str | os.PathLike, settings: Mapping) -> LabelsKey | No
     and ``settings`` (a JSON-able mapping of the label settings, e.g. ``LabelSettings`` fields
     without ``forward_batch``). Out: None when the model has no weights identity or the folder
     cannot be listed (then nothing is cached)."""
+    if cache_folder() is None:  # switched off: no file is hashed
+        return None
     identity = fr.identity()
     if not identity.get("weights_sha256"):
         log.debug("labels cache: model without a weights file; not cached")
@@ -85,13 +87,22 @@ def labels_key(fr, root: str | os.PathLike, settings: Mapping) -> LabelsKey | No
     model = network_identity(identity)
     root = Path(root)
     try:
-        images = [[p, sha256_file(root / p)] for p in list_images(root)]
-    except OSError as exc:
-        log.debug("labels cache: %s cannot be hashed (%s); not cached", root, exc)
+        images = [[p, _content_identity(root / p)] for p in list_images(root)]
+    except (OSError, FroqError) as exc:
+        log.debug("labels cache: %s cannot be listed (%s); not cached", root, exc)
         return None
     settings = dict(settings)
     return LabelsKey(model, settings, images,
                      fingerprint({"format": FORMAT, "model": model, "settings": settings, "images": images}))
+
+
+def _content_identity(path: Path) -> str:
+    """sha256 of an image file's bytes, or ``unreadable`` for a file that is not a regular readable
+    file (a pipe, a device, a symlink loop: never opened, and its row is an unreadable one)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return "unreadable"
 
 
 def _entry(key: LabelsKey) -> tuple[Path, Path] | None:

@@ -175,11 +175,20 @@ def compute_embeddings(fr, root: Path, rel_paths: Sequence[str], batch_size: int
     return out
 
 
+def _canonical(path: Path) -> Path:
+    """``path`` with its symlinks resolved (the embedding cache's key); a symlink loop stays as it
+    is, to be listed as unreadable by the reader."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        return path.absolute()
+
+
 def protocol_embeddings(fr, protocol: PairProtocol, cache_dir: str | os.PathLike | None,
                         batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
     """Embeddings (N, D) of every image of ``protocol`` (in ``protocol.images`` order), computed
     once per model and image file and cached under ``cache_dir`` (None disables the cache)."""
-    abs_paths = [(protocol.image_root / p).resolve() for p in protocol.images]
+    abs_paths = [_canonical(protocol.image_root / p) for p in protocol.images]
     cache = EmbeddingCache(cache_dir, fr) if cache_dir is not None else None
     if cache is not None:
         cached, todo = cache.lookup(abs_paths)

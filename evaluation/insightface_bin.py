@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from froq.core.errors import FroqError
+from froq.core.images import decode_rgb
 from froq.core.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,7 @@ class BinData:
 def decode_image(data: bytes, what: str) -> Image.Image:
     """Encoded image bytes → PIL RGB image, decoded in memory; FroqError naming ``what`` on failure."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
+        return decode_rgb(io.BytesIO(data))
     except Exception as exc:
         raise FroqError(f"{what}: cannot decode the image bytes ({exc})") from None
 

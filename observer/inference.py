@@ -34,7 +34,7 @@ from froq.core.config import Key, load_config, public
 from froq.core.device import autocast_context
 from froq.core.errors import FroqError
 from froq.core import distributed
-from froq.core.images import FailureLog, read_image_list
+from froq.core.images import NOT_UTF8, FailureLog, read_image_list
 from froq.core.io import read_csv, read_json, write_csv, write_npy
 from froq.core.recordio import is_record_file
 from froq.core.runner import RunResult, finish_stage, open_source, run_images
@@ -301,8 +301,13 @@ def read_folder(fr: FRModel, record: Mapping, folder: str | Path, mode: str = "f
     folder = Path(folder)
     if not (folder.is_dir() or is_record_file(folder)):
         raise FroqError(f"folder of images not found: {folder}")
-    rels = open_source(folder, rels, failures if failures is not None else FailureLog("images")).keys
+    failures = failures if failures is not None else FailureLog("images")
+    first = len(failures.items)
+    rels = open_source(folder, rels, failures).keys
     as_is = [PhotoEntry(r, r, "ok") for r in rels]  # each image its own chip
+    unnamed = [PhotoEntry(p, None, "unreadable") for p, why in failures.items[first:] if why == NOT_UTF8]
+    if unnamed:  # a row each (under the printable name), as every other unreadable image
+        as_is = sorted(as_is + unnamed, key=lambda e: e.path)
     if is_record_file(folder):
         return folder, as_is, "RecordIO records, scored as they are", None
     template, check = observer_template(fr, record), None

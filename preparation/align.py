@@ -36,7 +36,7 @@ Face choice (``--select``)
     a portrait wins over a larger face at the edge, and a large face over a tiny one (a poster, a
     face in the crowd) near the centre. On the 2,320 pair images of LFW folds 1–3 it chooses the
     same face as ``center`` on every image, and 17 differ from ``largest``; faces more than 40 px
-    from the centre: 19 with ``largest``, 2 with ``central`` (README, "Face choice").
+    from the centre: 19 with ``largest``, 2 with ``central`` (docs/cli.md#face-choice).
 ``largest``
     The biggest box (first on ties).
 ``center``
@@ -50,7 +50,7 @@ in a fixed box at the usual position of the face in LFW-style centred photos: ``
 (0.31, 0.36, 0.72, 0.76) of (width, height, width, height) — the median HOG box on LFW's
 250×250 photos is (77, 89, 181, 189). Such rows have status ``fallback``. Unreadable files are
 warned about, listed with status ``unreadable``, and the run continues. Scoring gives no_face and
-unreadable photos the lowest quality (``froq score-photos``, README).
+unreadable photos the lowest quality (``froq score-photos``, docs/cli.md#scoring-photos-with-a-saved-observer).
 
 Outputs
 -------
@@ -93,7 +93,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -102,7 +102,8 @@ from face_recognition_model.templates import (ARCFACE_112 as _ARCFACE_112, DLIB1
                                               AlignmentTemplate, named_template)
 from froq.core.cli import add_config_options, parse_with_config, run_main, setup_logging
 from froq.core.errors import FroqError
-from froq.core.images import ALLOWED_FORMATS, list_images, load_rgb, printable, save_rgb, valid_utf8
+from froq.core.images import (NOT_UTF8, READ_ERRORS, FailureLog, list_images, load_rgb, printable, read_image_size, save_rgb,
+                              valid_utf8)
 from froq.core.io import RowLog, read_csv, read_json, write_csv, write_json
 from froq.core.runner import file_identity
 
@@ -127,9 +128,6 @@ CSV_HEADER = (["path", "output", "status", "n_faces", "face_index", "upsampled",
 REQUIRED_COLUMNS = CSV_HEADER[:16]
 COL = {name: i for i, name in enumerate(CSV_HEADER)}
 DONE_STATUSES = ("ok", "fallback", "no_face")
-
-_READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
-
 
 def model_dir() -> Path:
     """Folder of dlib's model files inside the installed ``face_recognition_models`` package.
@@ -352,7 +350,7 @@ class FaceAligner:
         """Read an image (``froq.core.images.load_rgb``) and align it; unreadable → status ``unreadable``."""
         try:
             img = np.asarray(load_rgb(path))
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return AlignResult(status="unreadable", reason=reason)
         if detections is not None and (detections.width, detections.height) != (img.shape[1], img.shape[0]):
@@ -525,9 +523,10 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     aligner = FaceAligner(template, select, fallback)  # validates arguments and models first
     template = aligner.template
     rels = list(paths) if paths is not None else list_images(input_dir)
-    missing = [r for r in rels if not (input_dir / r).is_file()]
-    if missing:
-        raise FroqError(f"{len(missing)} listed image(s) not found in {input_dir}, e.g. {missing[0]}")
+    missing = [r for r in rels if not os.path.lexists(input_dir / r)]  # a pipe or a broken link is
+    if missing:                                                          # listed as unreadable below
+        raise FroqError(f"{len(missing)} listed image(s) do not exist in {input_dir}, e.g. {missing[0]}: "
+                        "fix the list (paths relative to --input) or the --input folder")
     settings = {"template": template_setting(template), "select": select, "fallback": fallback, "ext": ext}
     output_dir.mkdir(parents=True, exist_ok=True)
     known, previous = _previous_run(output_dir, settings, input_dir)
@@ -540,7 +539,7 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     for rel in rels:
         if not valid_utf8(rel):  # listed, never lost: its name cannot go into landmarks.csv as is
             rows[rel] = result_row(printable(rel), "", AlignResult(
-                status="unreadable", reason="file name is not valid UTF-8: rename the file"))
+                status="unreadable", reason=NOT_UTF8))
             continue
         out_rel = output_name(rel, ext)
         identity = file_identity(input_dir / rel)
@@ -569,6 +568,8 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     start = time.perf_counter()
     workers = max(1, min(int(workers), len(todo) or 1))
     bar = _progress(len(todo), progress)
+    unreadable = FailureLog("align")  # warns about the first few; the rows list every one
+    no_face: list[str] = []
 
     def collect(row: list) -> None:
         rows[row[0]] = row
@@ -578,10 +579,13 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             stale = output_dir / output_name(rel, ext)
             if stale.is_file():  # a crop of an earlier fallback run: no crop for no_face
                 stale.unlink()
-            log.warning("align: no face found in %s (skipped; --fallback center-box uses a fixed box)",
-                        rel)
+            no_face.append(rel)
+            if len(no_face) <= FailureLog.WARN_EACH:
+                log.warning("align: no face found in %s (skipped; --fallback center-box uses a fixed box)%s",
+                            rel, "; further ones are listed in landmarks.csv only"
+                            if len(no_face) == FailureLog.WARN_EACH else "")
         elif status == "unreadable":
-            log.warning("align: skipped unreadable image %s (%s)", rel, row[COL["reason"]])
+            unreadable.add(rel, row[COL["reason"]])
         bar.update(1)
 
     try:
@@ -649,7 +653,7 @@ def summary_line(summary: dict) -> str:
 
 #: a folder looks aligned for a template when, on the sampled images, the five points found on the
 #: images lie within this many eye distances of the template's points (median over the sample).
-#: Measured on LFW (README, "Scoring with a saved observer"): per aligned chip 0.08 median, 0.22
+#: Measured on LFW (docs/cli.md#scoring-photos-with-a-saved-observer): per aligned chip 0.08 median, 0.22
 #: at most (dlib150, arcface112, sphereface96x112); per photo merely resized to the chip size
 #: 0.35–0.44 median, 0.27 at least.
 ALIGNED_TOLERANCE = 0.2
@@ -685,16 +689,6 @@ class AlignmentCheck:
         return f"all {total} images have the {self.template} chip size; {where}"
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) from an image file's header (None when it cannot be read; only the formats
-    ``froq.core.images`` reads)."""
-    try:
-        with Image.open(path, formats=ALLOWED_FORMATS) as img:
-            return img.size
-    except _READ_ERRORS:
-        return None
-
-
 def chip_points(aligner: FaceAligner, img: np.ndarray) -> np.ndarray | None:
     """The five points (68-point landmarks: eye centres, nose tip, mouth corners) of the face of an
     aligned-looking image, in its pixels; None when no face is found. The image is enlarged
@@ -724,7 +718,7 @@ def check_aligned(folder: str | os.PathLike, rels: Sequence[str],
     sizes: dict[tuple[int, int], int] = {}
     matching = []
     for rel in rels:
-        size = image_size(folder / rel)
+        size = read_image_size(folder / rel)
         if size is None:
             continue
         sizes[size] = sizes.get(size, 0) + 1
@@ -741,7 +735,7 @@ def check_aligned(folder: str | os.PathLike, rels: Sequence[str],
     for rel in chosen:
         try:
             img = np.asarray(load_rgb(folder / rel))
-        except _READ_ERRORS:
+        except READ_ERRORS:
             continue
         pts = chip_points(checker, img)
         if pts is not None:

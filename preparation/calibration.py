@@ -42,7 +42,6 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
@@ -50,7 +49,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: make the reposi
 
 from froq.core.cli import add_config_options, parse_with_config, run_main, setup_logging
 from froq.core.errors import FroqError
-from froq.core.images import JPEG_QUALITY, FailureLog, list_images, load_rgb, save_rgb
+from froq.core.images import JPEG_QUALITY, READ_ERRORS, FailureLog, list_images, load_rgb, save_rgb
 from froq.core.io import read_csv, write_csv, write_json
 from preparation.degradations import DEFAULTS, describe, psnr, random_degradation
 from preparation.split import identity_of
@@ -58,7 +57,6 @@ from preparation.split import identity_of
 log = logging.getLogger(__name__)
 
 MANIFEST_HEADER = ["path", "source", "identity", "variant", "severity", "degradations", "psnr_db"]
-_READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
 def identity_folders(rels: Sequence[str], mode: str = "map") -> dict[str, str]:
@@ -76,11 +74,6 @@ def identity_folders(rels: Sequence[str], mode: str = "map") -> dict[str, str]:
 def variant_rng(seed: int, rel: str, variant: int) -> np.random.Generator:
     """The generator of one variant: seeded by (seed, CRC-32 of the source path, variant)."""
     return np.random.default_rng([int(seed), zlib.crc32(rel.encode("utf-8")), int(variant)])
-
-
-def _saved_pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, variants: int = 2,
@@ -111,7 +104,7 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
                     disable=not progress or not sys.stderr.isatty()):  # bars on terminals only
         try:
             clean = np.asarray(load_rgb(source / rel))
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             failures.add(rel, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             continue
         folder = mapping[identity_of(rel)]
@@ -124,7 +117,7 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
             out_rel = (PurePosixPath(folder) / f"{stem}_v{k}.{ext}").as_posix() if folder \
                 else f"{stem}_v{k}.{ext}"
             save_rgb(img, output / out_rel)
-            quality = psnr(clean, _saved_pixels(output / out_rel))
+            quality = psnr(clean, np.asarray(load_rgb(output / out_rel)))
             rows.append([out_rel, rel, identity_of(rel), k, round(severity, 6), describe(steps),
                          round(quality, 3) if np.isfinite(quality) else "inf"])
     if not rows:
@@ -134,7 +127,8 @@ def build_calibration_set(source: str | os.PathLike, output: str | os.PathLike, 
     settings = {"source": str(source), "variants": variants, "seed": seed, "keep_clean": keep_clean,
                 "folders": folders, "ext": ext, "jpeg_quality": JPEG_QUALITY,
                 "degradations": dataclasses.asdict(DEFAULTS)}
-    write_json(output / "build.json", {"settings": settings, "summary": summary})
+    write_json(output / "build.json", {"settings": settings, "summary": summary,
+                                       "unreadable": [{"path": p, "reason": r} for p, r in failures.items]})
     _remove_stale(output, earlier, {r[0] for r in rows})
     return summary
 

@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from froq.core.images import decode_rgb
+
 DOWN_FILTERS = {"box": Image.BOX, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 UP_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 MAX_KERNEL = 21
@@ -119,8 +121,7 @@ def jpeg_compress(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img)).save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
-    with Image.open(buf) as dec:
-        return np.asarray(dec.convert("RGB"), dtype=np.float32)
+    return np.asarray(decode_rgb(buf), dtype=np.float32)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from froq.core.errors import FroqError, first_line
+from froq.core.io import require_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ MAX_PIXELS = 64_000_000
 def printable(name: str) -> str:
     """A file name as text that can always be printed and written (undecodable bytes as \\xNN)."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: the reason given for an image whose file name cannot go into a UTF-8 CSV row (listed, not read)
+NOT_UTF8 = "file name is not valid UTF-8: rename the file"
 
 
 def valid_utf8(name: str) -> bool:
@@ -128,6 +133,10 @@ def read_image_list(list_file: str | os.PathLike) -> list[str]:
     return sorted(seen)
 
 
+# what any read of an image file can raise; every reader turns these into an "unreadable" row
+READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image as 8-bit RGB (grayscale, RGBA, palette, 16-bit and CMYK are converted).
 
@@ -135,10 +144,19 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     never a pipe, device or socket, never another decoder), and only up to ``MAX_PIXELS``.
     Raises OSError/ValueError for anything else; the reader records those as unreadable.
     """
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError("not a regular file (a pipe, device, socket or folder): not opened")
+    require_regular_file(path)
     return decode_rgb(path)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header, without decoding its pixels; None when it
+    cannot be read (not a regular file, not one of ``ALLOWED_FORMATS``)."""
+    try:
+        require_regular_file(path)
+        with Image.open(path, formats=ALLOWED_FORMATS) as img:
+            return img.size
+    except READ_ERRORS:
+        return None
 
 
 def decode_rgb(source) -> Image.Image:
@@ -286,7 +304,7 @@ class ImageFolder(torch.utils.data.Dataset):
             if not self.raw:
                 tensor = self.preprocess.normalize(tensor)
             return index, tensor, None
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        except READ_ERRORS as exc:
             return index, None, first_line(exc, limit=None)
 
 
@@ -324,17 +342,26 @@ def image_loader(dataset: ImageFolder, batch_size: int, num_workers: int = 0,
 
 
 class FailureLog:
-    """Collects unreadable images of a stage: warns once per file and summarises at the end."""
+    """Collects unreadable images of a stage: warns about each of the first ``WARN_EACH`` files, then
+    once that the rest are only counted (the stage's summary line gives the count, its meta file or
+    rows list every one), and summarises at the end."""
+
+    WARN_EACH = 20
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self.items: list[tuple[str, str]] = []
 
     def add(self, path: str, reason: str) -> None:
-        """Record and warn about one unreadable file."""
+        """Record one unreadable file (warned about while fewer than ``WARN_EACH`` were)."""
         path = printable(path)
         self.items.append((path, reason))
-        log.warning("%s: skipped unreadable image %s (%s)", self.stage, path, reason)
+        if len(self.items) <= self.WARN_EACH:
+            log.warning("%s: skipped unreadable image %s (%s)", self.stage, path, reason)
+        if len(self.items) == self.WARN_EACH:
+            log.warning("%s: %d unreadable images so far; further ones are not warned about one by one "
+                        "(the summary counts them; the output's meta file or rows list each with its "
+                        "reason)", self.stage, self.WARN_EACH)
 
     def summary(self) -> str:
         """One line: how many were skipped, and which (first few)."""

@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import os
+import shlex
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -158,8 +160,18 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(fh, np.asarray(array), allow_pickle=False)
 
 
+def require_regular_file(path: str | os.PathLike) -> None:
+    """Raise OSError unless ``path`` (symlinks followed) is a regular file: a pipe would block its
+    reader forever, a device (``/dev/zero``) never ends, a symlink loop or a folder cannot be read.
+    Every open of an input file (images through ``froq.core.images``, hashed inputs) asks this first."""
+    st = os.stat(path)  # OSError for a missing file, a dangling link or a symlink loop
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError("not a regular file (a pipe, device, socket or folder): not opened")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a regular file's bytes; OSError for anything else (``require_regular_file``)."""
+    require_regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
@@ -296,7 +308,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     fh.truncate()
     fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                         "command": " ".join(sys.argv)[:300]}))
+                         "command": shlex.join(sys.argv)}))
     fh.flush()
     try:
         yield
@@ -327,6 +339,25 @@ def _lock_holder(text: str) -> str:
     try:
         info = json.loads(text)
         return (f"pid {info['pid']} on {info['host']}, started {info['started']}: "
-                f"{info.get('command', '?')}")
+                f"{shorten_command(str(info.get('command', '?')))}")
     except (ValueError, KeyError, TypeError):
         return UNKNOWN_HOLDER
+
+
+def shorten_command(command: str, limit: int = 300) -> str:
+    """A shell command line cut to at most about ``limit`` characters at an argument boundary, never
+    inside an argument or between an option and its value; says how many arguments were left out."""
+    if len(command) <= limit:
+        return command
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    kept: list[str] = []
+    for i, word in enumerate(words):
+        if len(shlex.join(kept + [word])) > limit:
+            if kept and kept[-1].startswith("-") and not word.startswith("-"):
+                kept.pop()  # an option whose value does not fit goes with its value
+            break
+        kept.append(word)
+    return f"{shlex.join(kept)} ... ({len(words) - len(kept)} more argument(s))"

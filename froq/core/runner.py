@@ -53,7 +53,7 @@ from froq.core import distributed
 from froq.core.distributed import Rank
 from froq.core.errors import FroqError
 from froq.core.images import (FailureLog, ImageFolder, Preprocess, image_loader, list_images,
-                              printable, valid_utf8)
+                              NOT_UTF8, printable, valid_utf8)
 from froq.core.io import discard_partial, fingerprint, write_json
 from froq.core.recordio import RecordDataset, RecordFile, is_record_file
 
@@ -241,7 +241,7 @@ def open_source(root: str | Path, paths: Sequence[str] | None, failures: Failure
     keys = list(paths) if paths is not None else list_images(root, failures)
     for p in keys:
         if not valid_utf8(p):  # its row could not be written: listed, never lost silently
-            failures.add(printable(p), "file name is not valid UTF-8: rename the file")
+            failures.add(printable(p), NOT_UTF8)
     return FolderSource(Path(root), [p for p in keys if valid_utf8(p)])
 
 
