@@ -156,7 +156,7 @@ class PseudoLabeler:
         self.weights = tuple(float(v) for v in settings.weights)
         self.columns = label_columns(settings)
         self.fill = fr.preprocess.black_value().to(fr.device)
-        # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: benchmarks/README.md)
+        # an ONNX graph's other forwards run in ONNX Runtime (faster on CPU: docs/results.md#onnx-runtime)
         self.onnx_runtime = fr.network.runtime() if uses_onnx_runtime(fr, settings.precision) else None
         # the labels need no hooks: their forwards may run on a rewritten copy of the network
         # (affines folded, baselineFIQA/fusion.py) in the channels-last format
@@ -290,7 +290,7 @@ def auto_channels_last(device: torch.device) -> bool:
 
 def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | None = None,
                           batch_size: int = 32, alphas: Sequence[float] = (0.001,),
-                          mpx: int | Sequence[int] = 14, seed: int = 0, num_workers: int = 0,
+                          mpx: int | Sequence[int] | str = "auto", seed: int = 0, num_workers: int = 0,
                           noise_count: int = 10, forward_batch: int | str = "auto",
                           resume_path: str | Path | None = None, failures: FailureLog | None = None,
                           channels_last: bool | str = "auto",
@@ -300,7 +300,7 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
     """Pseudo-labels of the images of ``root`` with model ``fr``.
 
     In: a loaded FR model, an image folder (or explicit relative ``paths``), the auxiliary FIQA's
-    constants (``mpx`` one cell size or several; ``weights`` of flip, noise, occlusion;
+    constants (``mpx`` one cell size or several, ``auto`` = an 8×8 grid; ``weights`` of flip, noise, occlusion;
     ``noise_model`` mix or relative; ``occlusion`` incremental or full; ``fold`` the affines into
     the layers before them; ``precision`` of the forwards, ``PRECISIONS``), and optionally
     ``resume_path`` (the final CSV path; finished rows are kept in ``<resume_path>.partial`` and
@@ -312,6 +312,7 @@ def compute_pseudo_labels(fr: FRModel, root: str | Path, paths: Sequence[str] | 
         forward_batch = auto_forward_batch(fr.device)
     if channels_last in (None, "auto"):
         channels_last = auto_channels_last(fr.device)
+    mpx = perturbations.resolve_mpx(mpx, fr.preprocess.size)
     cells = int(mpx) if isinstance(mpx, int) else tuple(int(m) for m in mpx)
     if not isinstance(cells, int) and len(cells) == 1:
         cells = cells[0]  # a list of one size is the paper's single grid (same key, same columns)

@@ -75,3 +75,11 @@ def default_mpx(size: int) -> int:
     """The occlusion cell for an image side of ``size`` px that keeps the paper's 8×8 grid:
     14 px on 112 px (the paper's constant), 19 px on dlib's 150 px."""
     return max(1, (int(size) + 4) // 8)
+
+
+def resolve_mpx(mpx, input_size):
+    """The occlusion cell(s) of the ``mpx`` setting for a model input of ``input_size`` (an int side
+    or (height, width)): ``auto`` (or None) → ``default_mpx`` of the shorter side; numbers unchanged."""
+    if mpx not in ("auto", None):
+        return mpx
+    return default_mpx(input_size if isinstance(input_size, int) else min(input_size))

@@ -196,12 +196,13 @@ def paired_comparison(eval_cfg: dict, qualities: dict[str, str], reference: str,
     from evaluation.comparison_scores import read_scores_csv
     from evaluation.edc import fmr_key
     from evaluation.evaluate import load_protocol, parse_benchmarks, safe_name
+    from evaluation.settings import as_limits, evaluation_settings
 
+    eval_cfg = evaluation_settings(eval_cfg, "ablation evaluation")
     outdir = Path(eval_cfg["outdir"])
-    fmr = float(eval_cfg.get("fmr", [1e-3])[0])
-    limit = eval_cfg.get("discard_limit", 0.3)
-    limit = float(limit[0] if isinstance(limit, list) else limit)
-    rule = eval_cfg.get("pair_quality", "min")
+    fmr = eval_cfg["fmr"][0]
+    limit = as_limits(eval_cfg["discard_limit"])[0]
+    rule = eval_cfg["pair_quality"]
     out = {}
     for bench in parse_benchmarks(eval_cfg["benchmarks"], "ablation evaluation"):
         protocol = load_protocol(bench, outdir)

@@ -24,6 +24,7 @@ from froq.core.io import sha256_file, write_csv
 
 from evaluation import bootstrap, edc, edc_conventions, reporting, streaming
 from evaluation.edc import fmr_key
+from evaluation.settings import as_limits, evaluation_settings
 from evaluation.comparison_scores import read_scores_csv, write_scores_csv
 from evaluation.ijbc import (TemplateProtocol, protocol_pair_quality, protocol_pair_scores,
                              streamed_pair_scores, write_template_scores_csv)
@@ -285,10 +286,6 @@ class BootstrapSpec:
                 "seed": self.seed, "level": self.level}
 
 
-def _as_limits(limit) -> list[float]:
-    return [float(v) for v in limit] if isinstance(limit, (list, tuple)) else [float(limit)]
-
-
 def _limit_key(limit: float) -> str:
     return format(limit, "g")
 
@@ -354,7 +351,7 @@ def evaluate_pairs(scores: np.ndarray, genuine: np.ndarray, pair_q: Mapping[str,
     level and every limit's under ``by_limit``; with ``boot``, ``*_ci`` intervals too.
     """
     conv = convention or Convention()
-    limits = _as_limits(limit)
+    limits = as_limits(limit)
     primary, top = limits[0], max(limits)
     scores = np.asarray(scores, dtype=np.float64)
     genuine = np.asarray(genuine, dtype=bool)
@@ -455,10 +452,11 @@ def run_evaluation(cfg: dict) -> dict:
     """
 
     source = cfg.get("_source", "evaluation config")
+    cfg = evaluation_settings(cfg, source)  # every default from the one schema
     outdir = Path(cfg["outdir"])
     models = parse_models(cfg["face_recognition_configs"], source)
     benches = parse_benchmarks(cfg["benchmarks"], source)
-    specs = {b.name: method_specs(cfg.get("qualities"), b.qualities, f"{source}: qualities",
+    specs = {b.name: method_specs(cfg["qualities"], b.qualities, f"{source}: qualities",
                                   f"{source}: benchmarks[{b.name}].qualities") for b in benches}
     for m in models:
         if m.config is None:
@@ -467,13 +465,13 @@ def run_evaluation(cfg: dict) -> dict:
                 raise FroqError(f"{source}: model '{m.name}' has no FR config, so benchmark(s) "
                                 f"{', '.join(lacking)} need a 'scores' CSV")
     fmrs = cfg["fmr"]
-    limit = _as_limits(cfg["discard_limit"])
+    limit = as_limits(cfg["discard_limit"])
     rule = cfg["pair_quality"]
-    conv = Convention(threshold=cfg.get("threshold", "fixed"), discard_over=cfg.get("discard_over", "mated"),
-                      normalisation=cfg.get("pauc_normalisation", "start"))
-    resamples = int(cfg.get("bootstrap", 0) or 0)
+    conv = Convention(threshold=cfg["threshold"], discard_over=cfg["discard_over"],
+                      normalisation=cfg["pauc_normalisation"])
+    resamples = cfg["bootstrap"]
     seeds = list(range(cfg["random_seeds"]))
-    cache_dir = (Path(cfg.get("cache_dir") or outdir / "cache")) if cfg["cache"] else None
+    cache_dir = (Path(cfg["cache_dir"] or outdir / "cache")) if cfg["cache"] else None
 
     protocols: dict[str, PairProtocol] = {}
     results: dict = {b.name: {} for b in benches}
@@ -536,9 +534,9 @@ def run_evaluation(cfg: dict) -> dict:
                         for s in seeds]
             boot = None
             if resamples > 0 and not streamed:
-                boot = BootstrapSpec(clusters=_clusters(protocol, cfg.get("bootstrap_unit", "auto")),
-                                     resamples=resamples, seed=int(cfg.get("bootstrap_seed", 0)),
-                                     level=float(cfg.get("confidence", 0.95)))
+                boot = BootstrapSpec(clusters=_clusters(protocol, cfg["bootstrap_unit"]),
+                                     resamples=resamples, seed=cfg["bootstrap_seed"],
+                                     level=cfg["confidence"])
             metrics, bench_curves = evaluate_pairs(scores, genuine, pair_q, random_q, fmrs, limit, conv, boot,
                                                    thresholds)
             if streamed and resamples > 0:

@@ -227,7 +227,7 @@ def fr_from_stage_config(cfg: dict) -> FRModel:
         device = resolve_device(cfg.get("device"))
     except FroqError as exc:
         raise FroqError(f"{source}: device: {exc}") from None
-    torch.manual_seed(int(cfg.get("seed", 0)))
+    torch.manual_seed(int(cfg["seed"]))  # every stage schema has it (froq.core.stage.COMMON_KEYS)
     fr_path = Path(cfg["face_recognition_config"])
     if not fr_path.is_file():
         raise FroqError(f"{source}: face_recognition_config: FR config file not found: {fr_path} "

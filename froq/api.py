@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from baselineFIQA.cache import cached_pseudo_labels, label_settings_key
-from baselineFIQA.labels import COLUMNS as LABEL_COLUMNS, compute_pseudo_labels
-from baselineFIQA.perturbations import default_mpx
+from baselineFIQA.labels import LabelSettings, compute_pseudo_labels, label_columns
+from baselineFIQA.settings import compute_arguments, key_arguments, label_options, resolve_mpx
 from face_recognition_model.loading import FRModel, load_fr_config
 from face_recognition_model.loading import load_fr_model as _load_fr_model
 from froq.core.device import resolve_device
@@ -198,29 +198,34 @@ class Observer:
 
 
 def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | torch.device = "auto",
-                  alphas: Sequence[float] = (0.001,), noise_count: int = 10, mpx: int | None = None,
-                  seed: int = 0, batch_size: int = 32, save: str | Path | None = None) -> RunResult:
+                  batch_size: int = 32, save: str | Path | None = None, **options) -> RunResult:
     """Stage 1: the auxiliary FIQA's pseudo-labels of a calibration folder (spec §2).
 
-    In: an FR config path or ``FRModel``, the folder of aligned calibration faces, the constants
-    (``mpx`` default: an 8×8 occlusion grid, 14 px on 112 px as the paper), and optionally ``save``
-    (the labels CSV, written as the stage writes it; resumable). Finished labels of the same images,
-    model and settings are taken from the labels cache, and new ones put there, under the stage's
-    key (``baselineFIQA.cache``). Out: ``RunResult`` with columns flip, noise, occlusion, quality
-    (``.column("quality")``, ``.paths``).
+    In: an FR config path or ``FRModel``, the folder of aligned calibration faces, any label option
+    of ``baselineFIQA.settings.LABEL_OPTIONS`` as a keyword (``alphas``, ``noise_count``, ``mpx``,
+    ``seed``, ...; left out = the stage's default, e.g. ``mpx`` auto: an 8×8 occlusion grid, 14 px on
+    112 px as the paper), and optionally ``save`` (the labels CSV, written as the stage writes it;
+    resumable). Finished labels of the same images, model and settings are taken from the labels
+    cache, and new ones put there, under the stage's key (``baselineFIQA.cache``). Out:
+    ``RunResult`` with columns flip, noise, occlusion, quality (``.column("quality")``, ``.paths``).
+    FroqError for an unknown option or a bad value.
     """
     fr = load_fr_model(fr_config, device)
-    mpx = mpx or default_mpx(min(fr.preprocess.size))
-    compute = lambda: compute_pseudo_labels(fr, folder, batch_size=batch_size, alphas=alphas,  # noqa: E731
-                                            mpx=mpx, seed=seed, noise_count=noise_count, resume_path=save)
+    opts = label_options({k: v for k, v in options.items() if v is not None}, "froq.api.pseudo_labels")
+    opts["mpx"] = resolve_mpx(opts["mpx"], fr.preprocess.size)
+    compute = lambda: compute_pseudo_labels(fr, folder, batch_size=batch_size, resume_path=save,  # noqa: E731
+                                            **compute_arguments(opts))
     with output_lock(save) if save is not None else contextlib.nullcontext():
         if is_record_file(folder):  # as the stage: no whole-folder cache for a RecordIO set
             result = compute()
-        else:  # the stage's key, with the API's settings (the paper's options, incremental occlusion)
-            key = label_settings_key(fr, alphas, noise_count, mpx, seed)
-            result, _ = cached_pseudo_labels(fr, folder, key, LABEL_COLUMNS[1:], compute)
+        else:  # the stage's key and cache
+            columns = label_columns(LabelSettings(alphas=opts["alphas"], mpx=opts["mpx"],
+                                                  weights=opts["component_weights"],
+                                                  noise_model=opts["noise_model"]))
+            result, _ = cached_pseudo_labels(fr, folder, label_settings_key(fr, **key_arguments(opts)),
+                                             columns[1:], compute)
         if save is not None:
-            write_csv(save, LABEL_COLUMNS, result.rows())
+            write_csv(save, ["path", *result.columns], result.rows())
             discard_partial(save)
     return result
 

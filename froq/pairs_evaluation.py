@@ -2,7 +2,7 @@
 
 When the photos folder holds an LFW-style ``pairs.txt`` — inside it or beside it, as
 ``../shared/data/lfw`` has it — or ``--pairs FILE`` is given, the run ends with an EDC evaluation
-(``evaluation.evaluate.run_evaluation``; ISO/IEC 29794-1 protocol as in ``evaluation/README.md``)
+(``evaluation.evaluate.run_evaluation``; ISO/IEC 29794-1 protocol as in ``docs/evaluation.md``)
 of FROQ against the ``random`` and ``perfect`` references, written to ``<out>/evaluation/`` and
 printed as a table, with the EDC plot.
 
@@ -95,10 +95,9 @@ def evaluate_run(out: str | os.PathLike, pairs_file: str, images: str, qualities
     file that does not fit the images.
     """
     from evaluation.evaluate import run_evaluation
-    from evaluation.main import SCHEMA
+    from evaluation.settings import evaluation_settings
     from evaluation.pair_protocols import read_lfw_pairs
     from face_recognition_model.loading import load_fr_model
-    from froq.core.config import validate
     from froq.core.device import resolve_device
 
     outdir = Path(out) / "evaluation"
@@ -125,7 +124,7 @@ def evaluate_run(out: str | os.PathLike, pairs_file: str, images: str, qualities
                            "scores": str(scores_csv)}],
            "qualities": {"froq": str(qualities)}, "missing_quality": "min", "outdir": str(outdir),
            "device": device}
-    validate(cfg, SCHEMA, "run.sh evaluation")
+    cfg = evaluation_settings(cfg, "run.sh evaluation")
     cfg["_source"] = "run.sh evaluation"
     results = run_evaluation(cfg)
     return {"outdir": str(outdir), "table": str(outdir / "table.md"), "results": results,

@@ -44,8 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from baselineFIQA.settings import label_options, resolve_mpx
+from evaluation.settings import SCHEMA as EVALUATION_SCHEMA, as_limits, evaluation_settings
 from froq.core.cli import run_main, setup_logging, stage_parser
-from froq.core.config import Key, device_name, float_list, load_config, positive_int, public, validate
+from froq.core.config import Key, device_name, load_config, positive_int, public, validate
 from froq.core.errors import FroqError
 from froq.core.io import (atomic_open, discard_partial, fingerprint, output_lock, read_json, sha256_file,
                           write_csv, write_json)
@@ -54,20 +56,12 @@ from froq.core.runner import file_identity
 log = logging.getLogger("froq.table")
 
 
-def discard_limits(value):
-    """Validator: one or more discard limits, each strictly between 0 and 1."""
-    values = float_list(value)
-    if any(not (0 < v < 1) for v in values):
-        raise ValueError(f"every discard limit must be in (0, 1), e.g. [0.2, 0.3] (got {value!r})")
-    return values
-
-
 SCHEMA = {
     "outdir": Key("path", help="output folder (qualities, observers, evaluation, table)"),
     "models": Key("list", help="FR models: [{name, fr_config, calibration, labels?, top_n?, labels_options?}]"),
     "benchmarks": Key("list", help="evaluation benchmark entries ({name, type, ...}; optional 'download' hint)"),
     "methods": Key("dict", help="rows: name -> {method?, options?, observer?} or {csv: TEMPLATE, column?}"),
-    "discard_limits": Key(discard_limits, default=[0.2, 0.3], help="pAUC discard limits (one table each)"),
+    "discard_limits": EVALUATION_SCHEMA["discard_limit"],  # the evaluation's key, one table per limit
     "evaluation": Key("dict", default={}, help="further evaluation keys (fmr, pair_quality, random_seeds, ...)"),
     "device": Key(device_name, default="auto"),
     "batch_size": Key(positive_int, default=32),
@@ -76,7 +70,6 @@ SCHEMA = {
 }
 
 MODEL_KEYS = {"name", "fr_config", "calibration", "labels", "top_n", "labels_options", "download"}
-LABEL_OPTIONS = {"alphas", "noise_count", "mpx", "seed"}
 METHOD_KEYS = {"method", "options", "observer", "fr_config"}
 CSV_KEYS = {"csv", "column", "higher_is_better"}
 TABLE_ONLY_BENCH_KEYS = {"download"}
@@ -127,9 +120,7 @@ def parse_models(entries: list, source: str) -> list[ModelSpec]:
         if unknown:
             raise FroqError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(MODEL_KEYS))})")
         lopts = dict(e.get("labels_options") or {})
-        if sorted(set(lopts) - LABEL_OPTIONS):
-            raise FroqError(f"{where}.labels_options: unknown key(s) "
-                            f"{', '.join(sorted(set(lopts) - LABEL_OPTIONS))} (allowed: {', '.join(sorted(LABEL_OPTIONS))})")
+        label_options(lopts, f"{where}.labels_options")  # checked now; defaults filled in labels_for
         top_n = e.get("top_n", 10)
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
             raise FroqError(f"{where}.top_n: must be an integer >= 1 (got {top_n!r})")
@@ -297,11 +288,10 @@ def labels_for(model: ModelSpec, fr, outdir: Path, cfg: dict, progress: Progress
     """The pseudo-labels CSV of ``model``'s calibration folder: the configured file when it exists
     (reused as given), else computed (stage 1, resumable) into ``models/<name>/labels.csv`` or the
     configured path, and reused on a rerun with the same settings."""
-    from baselineFIQA.perturbations import default_mpx
     from froq.api import pseudo_labels
 
-    opts = {"alphas": [0.001], "noise_count": 10, "mpx": default_mpx(min(fr.preprocess.size)),
-            "seed": cfg["seed"], **model.labels_options}
+    opts = label_options({"seed": cfg["seed"], **model.labels_options}, f"{cfg['_source']}: {model.name}")
+    opts["mpx"] = resolve_mpx(opts["mpx"], fr.preprocess.size)
     path = Path(model.labels) if model.labels else outdir / "models" / model.name / "labels.csv"
     if path.is_file() and not _sidecar(path).is_file():
         progress.add(model.name, "-", "labels", "given", str(path))
@@ -313,8 +303,7 @@ def labels_for(model: ModelSpec, fr, outdir: Path, cfg: dict, progress: Progress
         progress.add(model.name, "-", "labels", "reused", str(path))
         return path
     log.info("%s: pseudo-labels of %s (stage 1; ~0.6 s/image/core with dlib on CPU)", model.name, model.calibration)
-    pseudo_labels(fr, model.calibration, device=fr.device, alphas=opts["alphas"], noise_count=opts["noise_count"],
-                  mpx=opts["mpx"], seed=opts["seed"], batch_size=cfg["batch_size"], save=path)
+    pseudo_labels(fr, model.calibration, device=fr.device, batch_size=cfg["batch_size"], save=path, **opts)
     _record(path, key, settings)
     progress.add(model.name, "-", "labels", "computed", str(path))
     return path
@@ -332,7 +321,7 @@ def observer_for(model: ModelSpec, method: MethodSpec, fr, outdir: Path, cfg: di
 
     if not model.calibration or not Path(model.calibration).is_dir():
         raise FroqError(f"calibration folder {model.calibration or '(not set)'} not found: build it with "
-                        "'froq build-calibration' (README, 'Calibration set') and set models[].calibration")
+                        "'froq build-calibration' (docs/cli.md#calibration-set) and set models[].calibration")
     settings_in = dict(method.observer)
     variant = settings_in.pop("variant", "paper")
     cv_folds = settings_in.pop("cv_folds", 5)
@@ -479,8 +468,6 @@ def evaluation_config(model: ModelSpec, benches: list[tuple[dict, dict]], outdir
     """The evaluation config of one model: its benchmarks with their quality CSVs, every discard
     limit, the table's ``evaluation`` keys (conventions, bootstrap, ...), ``outdir/evaluation/<model>``,
     validated by the evaluation's own schema (so its conventions and defaults apply)."""
-    from evaluation.main import SCHEMA as EVAL_SCHEMA
-
     extra = dict(cfg["evaluation"])
     clash = sorted(set(extra) & OWN_EVAL_KEYS)
     if clash:
@@ -488,10 +475,10 @@ def evaluation_config(model: ModelSpec, benches: list[tuple[dict, dict]], outdir
                         "(use the table's own keys: discard_limits, device, batch_size, ...)")
     ecfg = {"face_recognition_configs": [{"config": model.fr_config, "name": model.name}],
             "benchmarks": [{**entry, "qualities": quals} for entry, quals in benches],
-            "outdir": str(outdir / "evaluation" / model.name), "discard_limit": list(cfg["discard_limits"]),
+            "outdir": str(outdir / "evaluation" / model.name), "discard_limit": as_limits(cfg["discard_limits"]),
             "device": cfg["device"], "batch_size": cfg["batch_size"], "num_workers": cfg["num_workers"],
             "cache_dir": str(outdir / "cache" / model.name), **extra}
-    return validate(ecfg, EVAL_SCHEMA, f"{cfg['_source']} (evaluation of {model.name})") | {
+    return evaluation_settings(ecfg, f"{cfg['_source']} (evaluation of {model.name})") | {
         "_source": cfg["_source"]}
 
 
@@ -569,7 +556,6 @@ def run_table(cfg: dict) -> dict:
     (cells, statuses, provenance). Writes everything under ``cfg['outdir']``."""
     from face_recognition_model.loading import load_fr_config, load_fr_model, resolve_weights
     from evaluation.evaluate import load_protocol
-    from evaluation.main import fmr_list
     from froq import __version__
     from froq.core.device import resolve_device
 
@@ -579,13 +565,11 @@ def run_table(cfg: dict) -> dict:
     models = parse_models(cfg["models"], source)
     methods = parse_methods(cfg["methods"], source)
     bench_entries = parse_benchmark_entries(cfg["benchmarks"], outdir, source)
-    limits = cfg["discard_limits"]
+    limits = as_limits(cfg["discard_limits"])
     device = resolve_device(cfg["device"])
     progress = Progress()
-    try:
-        fmr = fmr_list(cfg["evaluation"].get("fmr", 1e-3))[0]  # the table's column: the first FMR
-    except ValueError as exc:
-        raise FroqError(f"{source}: evaluation.fmr: {exc}") from None
+    fmr_only = {k: v for k, v in cfg["evaluation"].items() if k == "fmr"}  # the rest: evaluation_config
+    fmr = validate(fmr_only, {"fmr": EVALUATION_SCHEMA["fmr"]}, f"{source}: evaluation")["fmr"][0]
 
     # benchmarks: a missing dataset is skipped once, for every model
     protocols = {}

@@ -51,7 +51,7 @@ def method_options(cfg: dict, name: str) -> dict:
         raise FroqError(f"{source}: methods.{name}: must be a mapping of options (got {raw!r})")
     raw = dict(raw)
     if "seed" in get_method(name).OPTIONS and "seed" not in raw:
-        raw["seed"] = cfg.get("seed", 0)
+        raw["seed"] = cfg["seed"]
     return resolve_options(name, raw, f"{source}: methods.{name}")
 
 

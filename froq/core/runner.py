@@ -23,8 +23,7 @@ Each process appends to its own ``<resume_path>.partial.<rank>-of-<world>``; on 
 resume files of the output, from runs of any size, are read (streaming, one row at a time; in
 memory only a done flag and the numbers per row), and after the work every process reads the
 others' new rows from their files, so ``run_images`` returns the whole result everywhere and rank 0
-writes the output. Test hook: ``FROQ_TEST_STOP_AFTER=<rank>:<batches>`` makes that rank exit
-abruptly after writing that many batches.
+writes the output. ``AFTER_BATCH`` callbacks run after each batch (the tests stop a process there).
 
 ``finish_stage`` is the single stage ending: meta JSON beside the output (model, config, images,
 unreadable files, seconds), the resume log dropped once the output is written, one summary line.
@@ -397,44 +396,42 @@ def _fmt(value):
     return repr(float(value)) if isinstance(value, (float, np.floating)) else value
 
 
-def _stop_hook(me: Rank) -> int | None:
-    """Test hook ``FROQ_TEST_STOP_AFTER=<rank>:<batches>``: that rank exits abruptly (as if
-    killed) after writing that many batches. None when unset or meant for another rank."""
-    value = os.environ.get("FROQ_TEST_STOP_AFTER", "")
-    if not value:
-        return None
-    rank, _, batches = value.partition(":")
-    return int(batches) if int(rank) == me.rank else None
+#: callbacks ``hook(rank, batches_done)`` run after each batch a process writes (empty in production;
+#: the tests put one there to stop a process abruptly mid-run, see tests/stop_after_batches.py)
+AFTER_BATCH: list[Callable[[Rank, int], None]] = []
 
 
-def run_images(root: str | Path, batch_fn: BatchFn, columns: Sequence[str], *,
-               preprocess: Preprocess, device: torch.device | None = None, batch_size: int = 32,
-               paths: Sequence[str] | None = None, num_workers: int = 0,
-               resume_path: str | Path | None = None, settings: Mapping | None = None,
-               failures: FailureLog | None = None, desc: str = "images", raw: bool = False,
-               allow_empty: bool = False) -> RunResult:
-    """Run ``batch_fn`` over the readable images of ``root``; resumable, ordered, failures listed;
-    sharded over the processes of a ``torchrun`` job.
+@dataclass
+class RunPlan:
+    """What a run computes: the source and its keys, the rows already done (``scan``), the resume
+    file format (``header``, ``stamp``) and this process's file, and the batches of this process."""
 
-    In: the folder (or explicit relative ``paths`` under it; or a RecordIO ``train.rec``), the
-    batch function ``(paths, images) -> (B, len(columns))`` numbers, the column names, the model's
-    preprocessing and device, batch size, DataLoader workers; optionally ``resume_path`` (the final
-    output: rows are kept in ``<it>.partial`` (``.partial.<rank>-of-<world>`` per process under
-    torchrun) and reused on a rerun with equal ``settings`` for unchanged image files, whatever the
-    number of processes), a FailureLog, a progress label, ``raw`` (uint8 RGB batches instead of
-    model inputs).
-    Out: ``RunResult`` in the order of ``paths`` (default: the folder's sorted images), readable
-    images only, the same on every process; a RecordIO set adds a first column ``label``.
-    FroqError when no image could be read (unless ``allow_empty``), or when another process of the
-    job died (one line; a rerun finishes the job).
-    """
-    columns = list(columns)
-    failures = failures if failures is not None else FailureLog(desc)
-    me = distributed.init(device)
+    source: "FolderSource | RecordSource"
+    keys: list[str]
+    columns: list[str]
+    scan: "_Scan"
+    header: list[str]
+    stamp: str
+    own: Path | None
+    keep_until: int | None
+    todo: np.ndarray
+    batches: list[np.ndarray]
+
+    @property
+    def mine(self) -> np.ndarray:
+        """Positions (in ``keys``) of the images this process computes, in order."""
+        return np.concatenate(self.batches) if self.batches else np.zeros(0, dtype=np.int64)
+
+
+def plan_run(root: str | Path, columns: Sequence[str], paths: Sequence[str] | None, batch_size: int,
+             resume_path: str | Path | None, settings: Mapping | None, failures: FailureLog, me: Rank,
+             desc: str) -> RunPlan:
+    """Read what earlier runs finished (every resume file of the output) and cut the rest into
+    batches on the grid of the whole list ([0, B), [B, 2B), ...), split in contiguous runs over the
+    processes: a row's numbers never depend on what was done before or on the number of processes."""
     source = open_source(root, paths, failures)
     keys = source.keys
-    n = len(keys)
-    scan = _Scan(have=np.zeros(n, dtype=bool), values=np.full((n, len(columns)), np.nan))
+    scan = _Scan(have=np.zeros(len(keys), dtype=bool), values=np.full((len(keys), len(columns)), np.nan))
     header = ["path", "file", *columns]
     stamp = f"# froq-partial {fingerprint(dict(settings or {}))}"
     own = partial_path(resume_path, me) if resume_path is not None else None
@@ -453,91 +450,127 @@ def run_images(root: str | Path, batch_fn: BatchFn, columns: Sequence[str], *,
             log.info("resuming: %d rows already done in %s", int(scan.have.sum()),
                      ", ".join(p.name for p in partial_files(resume_path)))
     distributed.barrier("reading the finished rows")  # nobody writes before everyone has read
-    # batches sit on the grid of the whole list ([0, B), [B, 2B), ...) whatever was done before
-    # and however many processes share the work: a row's numbers never depend on either
     todo = np.flatnonzero(~scan.have)
     grid = np.split(todo, np.flatnonzero(np.diff(todo // batch_size)) + 1) if len(todo) else []
     lo, hi = distributed.shard_range(len(grid), me.rank, me.world)
-    my_batches = grid[lo:hi]
-    mine = np.concatenate(my_batches) if my_batches else np.zeros(0, dtype=np.int64)
-    if len(todo) < n and me.main:
-        log.info("%s: %d of %d images already done, %d to go", desc, n - len(todo), n, len(todo))
+    plan = RunPlan(source, keys, list(columns), scan, header, stamp, own, keep_until, todo, grid[lo:hi])
+    if len(todo) < len(keys) and me.main:
+        log.info("%s: %d of %d images already done, %d to go", desc, len(keys) - len(todo), len(keys), len(todo))
     if me.active:
-        log.info("%s: %s computes %d of the %d images to go (%d batches)", desc, me, len(mine),
-                 len(todo), len(my_batches))
-    writer = None
-    if own is not None:
-        writer = PartialWriter(own, stamp, header, keep_until)
-    stop_after = _stop_hook(me)
-    first_local = len(failures.items)
+        log.info("%s: %s computes %d of the %d images to go (%d batches)", desc, me, len(plan.mine),
+                 len(todo), len(plan.batches))
+    return plan
+
+
+def compute_batches(plan: RunPlan, batch_fn: BatchFn, preprocess: Preprocess, device, batch_size: int,
+                    num_workers: int, failures: FailureLog, me: Rank, raw: bool, desc: str) -> tuple[list, int | None]:
+    """Run ``batch_fn`` over this process's batches: each batch's rows go to ``plan.scan`` and to
+    this process's resume file as soon as they are computed. Out: (the rows kept in memory for the
+    other processes when there is no resume file, the offset where this run's rows start in it)."""
+    writer = PartialWriter(plan.own, plan.stamp, plan.header, plan.keep_until) if plan.own is not None else None
     own_rows: list[tuple[int, np.ndarray]] = []
+    mine, keys = plan.mine, plan.keys
     try:
         if len(mine):
-            dataset = source.dataset(mine.tolist(), preprocess)
-            names = [keys[i] for i in mine]
-            batches = 0
-            bounds = np.cumsum([0, *(len(b) for b in my_batches)])
+            dataset = plan.source.dataset(mine.tolist(), preprocess)
+            bounds = np.cumsum([0, *(len(b) for b in plan.batches)])
             members = [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-            for indices, images in iterate_dataset(dataset, names, preprocess, batch_size,
-                                                   failures=failures, num_workers=num_workers,
-                                                   device=device, raw=raw, desc=desc,
-                                                   batches=members):
+            for done, (indices, images) in enumerate(iterate_dataset(
+                    dataset, [keys[i] for i in mine], preprocess, batch_size, failures=failures,
+                    num_workers=num_workers, device=device, raw=raw, desc=desc, batches=members), start=1):
                 batch_pos = [int(mine[i]) for i in indices]
                 batch_keys = [keys[i] for i in batch_pos]
-                values = _as_matrix(batch_fn(batch_keys, images), len(batch_pos), len(columns), desc)
+                values = _as_matrix(batch_fn(batch_keys, images), len(batch_pos), len(plan.columns), desc)
                 if writer is not None:
-                    writer.append([[k, source.identity(i), *values[j].tolist()]
+                    writer.append([[k, plan.source.identity(i), *values[j].tolist()]
                                    for j, (i, k) in enumerate(zip(batch_pos, batch_keys))])
-                scan.values[batch_pos] = values
-                scan.have[batch_pos] = True
+                plan.scan.values[batch_pos] = values
+                plan.scan.have[batch_pos] = True
                 if me.active and writer is None:
                     own_rows.extend(zip(batch_pos, values))
-                batches += 1
-                if stop_after is not None and batches >= stop_after:
-                    log.error("%s: FROQ_TEST_STOP_AFTER: exiting abruptly after %d batches", me, batches)
-                    os._exit(17)
+                for hook in AFTER_BATCH:
+                    hook(me, done)
     finally:
         if writer is not None:
             writer.close()
-    if me.active:  # every process takes the others' rows (from their files) and unreadable images
-        shared = distributed.gather_objects(
-            {"file": None if own is None else str(own), "start": None if writer is None else writer.start,
-             "failures": failures.items[first_local:],
-             "rows": [(i, v.tolist()) for i, v in own_rows]}, "collecting the finished rows")
-        del failures.items[first_local:]
-        for part in shared:
-            failures.items.extend((p, r) for p, r in part["failures"])
-            if part["file"] is not None and part["file"] != str(own):
-                scan_rows(Path(part["file"]), stamp, header, source, scan, offset=part["start"],
-                          check=False, desc=desc)
-            for i, v in part["rows"]:
-                scan.values[i] = v
-                scan.have[i] = True
-        tail = sorted(failures.items[first_local:], key=lambda item: source.position(item[0]) or 0)
-        failures.items[first_local:] = tail
-        accounted = scan.have.copy()
-        accounted[[i for i in (source.position(p) for p, _ in tail) if i is not None]] = True
-        lost = todo[~accounted[todo]]
-        error = None
-        if len(lost):  # another rank's rows did not reach this one: its file is not visible here
-            error = (f"{me}: {len(lost)} finished row(s) of other processes (e.g. {keys[lost[0]]}) "
-                     f"are not in their partial files next to {resume_path}: the output folder "
-                     "must be on a file system that every process (every machine) sees")
-        distributed.agree(error, "checking that every process's rows arrived")
-    read = np.flatnonzero(scan.have)
+    return own_rows, None if writer is None else writer.start
+
+
+def merge_processes(plan: RunPlan, own_rows: list, start: int | None, failures: FailureLog, first_local: int,
+                    me: Rank, resume_path, desc: str) -> None:
+    """Under torchrun: every process takes the others' rows (from their resume files, or as objects
+    when there are none) and unreadable images, in list order; FroqError on every process (one line)
+    when another process's rows did not arrive."""
+    shared = distributed.gather_objects(
+        {"file": None if plan.own is None else str(plan.own), "start": start,
+         "failures": failures.items[first_local:], "rows": [(i, v.tolist()) for i, v in own_rows]},
+        "collecting the finished rows")
+    del failures.items[first_local:]
+    for part in shared:
+        failures.items.extend((p, r) for p, r in part["failures"])
+        if part["file"] is not None and part["file"] != str(plan.own):
+            scan_rows(Path(part["file"]), plan.stamp, plan.header, plan.source, plan.scan,
+                      offset=part["start"], check=False, desc=desc)
+        for i, v in part["rows"]:
+            plan.scan.values[i] = v
+            plan.scan.have[i] = True
+    tail = sorted(failures.items[first_local:], key=lambda item: plan.source.position(item[0]) or 0)
+    failures.items[first_local:] = tail
+    accounted = plan.scan.have.copy()
+    accounted[[i for i in (plan.source.position(p) for p, _ in tail) if i is not None]] = True
+    lost = plan.todo[~accounted[plan.todo]]
+    error = None
+    if len(lost):  # another rank's rows did not reach this one: its file is not visible here
+        error = (f"{me}: {len(lost)} finished row(s) of other processes (e.g. {plan.keys[lost[0]]}) "
+                 f"are not in their partial files next to {resume_path}: the output folder "
+                 "must be on a file system that every process (every machine) sees")
+    distributed.agree(error, "checking that every process's rows arrived")
+
+
+def run_images(root: str | Path, batch_fn: BatchFn, columns: Sequence[str], *,
+               preprocess: Preprocess, device: torch.device | None = None, batch_size: int = 32,
+               paths: Sequence[str] | None = None, num_workers: int = 0,
+               resume_path: str | Path | None = None, settings: Mapping | None = None,
+               failures: FailureLog | None = None, desc: str = "images", raw: bool = False,
+               allow_empty: bool = False) -> RunResult:
+    """Run ``batch_fn`` over the readable images of ``root``; resumable, ordered, failures listed;
+    sharded over the processes of a ``torchrun`` job: ``plan_run``, ``compute_batches``,
+    ``merge_processes``, then the rows in list order.
+
+    In: the folder (or explicit relative ``paths`` under it; or a RecordIO ``train.rec``), the
+    batch function ``(paths, images) -> (B, len(columns))`` numbers, the column names, the model's
+    preprocessing and device, batch size, DataLoader workers; optionally ``resume_path`` (the final
+    output: rows are kept in ``<it>.partial`` (``.partial.<rank>-of-<world>`` per process under
+    torchrun) and reused on a rerun with equal ``settings`` for unchanged image files, whatever the
+    number of processes), a FailureLog, a progress label, ``raw`` (uint8 RGB batches instead of
+    model inputs).
+    Out: ``RunResult`` in the order of ``paths`` (default: the folder's sorted images), readable
+    images only, the same on every process; a RecordIO set adds a first column ``label``.
+    FroqError when no image could be read (unless ``allow_empty``), or when another process of the
+    job died (one line; a rerun finishes the job).
+    """
+    failures = failures if failures is not None else FailureLog(desc)
+    me = distributed.init(device)
+    plan = plan_run(root, columns, paths, batch_size, resume_path, settings, failures, me, desc)
+    first_local = len(failures.items)
+    own_rows, start = compute_batches(plan, batch_fn, preprocess, device, batch_size, num_workers,
+                                      failures, me, raw, desc)
+    if me.active:
+        merge_processes(plan, own_rows, start, failures, first_local, me, resume_path, desc)
+    read = np.flatnonzero(plan.scan.have)
     if not len(read) and not allow_empty:
         distributed.barrier("finishing")
         example = f" (e.g. {failures.items[0][0]}: {failures.items[0][1]})" if failures.items else ""
-        raise FroqError(f"{root}: none of the {n} image(s) could be read{example}; "
+        raise FroqError(f"{root}: none of the {len(plan.keys)} image(s) could be read{example}; "
                         "nothing was written: check the folder holds image files")
-    values = scan.values[read]
-    out_columns = columns
-    if source.labels:  # RecordIO: the identity label of each record, first
-        labels = np.array([source.records.label(int(i)) for i in read], dtype=np.float64)
+    values = plan.scan.values[read]
+    out_columns = list(columns)
+    if plan.source.labels:  # RecordIO: the identity label of each record, first
+        labels = np.array([plan.source.records.label(int(i)) for i in read], dtype=np.float64)
         values = np.concatenate([labels[:, None], values], axis=1) if len(read) else np.zeros((0, len(columns) + 1))
         out_columns = ["label", *columns]
     distributed.barrier("reading the merged rows")  # rank 0 may now write and drop the partials
-    return RunResult(paths=[keys[i] for i in read], values=values, columns=out_columns,
+    return RunResult(paths=[plan.keys[i] for i in read], values=values, columns=out_columns,
                      failures=failures)
 
 
