@@ -39,7 +39,7 @@ from froq.core.io import discard_partial, output_lock, read_csv, write_csv, writ
 from froq.core.runner import RunResult
 from froq.core.recordio import is_record_file
 from observer.inference import QualityObserver, check_same_model, read_folder, read_observer, score_entries
-from observer.initialization import initialize_observer, observer_file_record
+from observer.initialization import calibrate_observer
 from observer.scale import percentile
 
 log = logging.getLogger(__name__)
@@ -233,12 +233,17 @@ def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | tor
 def calibrate(fr_config: ModelLike, folder: str | Path,
               labels: str | Path | RunResult | Mapping[str, float], *,
               device: str | torch.device = "auto", top_n: int = 10, label_column: str = "quality",
-              batch_size: int = 32, save: str | Path | None = None) -> Observer:
+              batch_size: int = 32, save: str | Path | None = None, variant: str = "paper",
+              options: Mapping | None = None, cv_folds: int = 5, seed: int = 0, num_workers: int = 0,
+              provenance: Mapping | None = None) -> Observer:
     """Stage 2: an observer from a calibration folder and its pseudo-labels (spec §3).
 
     In: an FR config path or ``FRModel``; the folder; the labels as a CSV path, the ``RunResult`` of
-    ``pseudo_labels`` or a mapping ``{relative path: label}``; ``top_n`` candidates; optionally
-    ``save`` (the observer JSON). Out: the ``Observer``, ready to ``score``.
+    ``pseudo_labels`` or a mapping ``{relative path: label}``; ``top_n`` candidates; the observer
+    ``variant`` (paper | plus) with option ``options`` (``observer.initialization.OPTION_KEYS``) and,
+    for FROQ+, ``cv_folds`` and ``seed``; optionally ``save`` (the observer JSON, written
+    atomically; the forwards resume from ``<save>.partial``) and the ``provenance`` to record
+    (default: ``top_n`` and ``label_column``). Out: the ``Observer``, ready to ``score``.
     """
     fr = load_fr_model(fr_config, device)
     if isinstance(labels, RunResult):
@@ -246,11 +251,14 @@ def calibrate(fr_config: ModelLike, folder: str | Path,
     elif not isinstance(labels, Mapping):
         read_csv(labels, required=("path", label_column))  # a clear error for a missing file/column
     failures = FailureLog("observer init")
-    record = initialize_observer(fr, folder, labels, batch_size=batch_size, top_n=top_n,
-                                 label_column=label_column, failures=failures)
-    label_source = labels if isinstance(labels, (str, Path)) else "in-memory labels"
-    observer = Observer(fr, observer_file_record(fr, record, folder, label_source, failures,
-                                                 {"top_n": top_n, "label_column": label_column}))
-    if save is not None:
-        observer.save(save)
+    with output_lock(save) if save is not None else contextlib.nullcontext():
+        record = calibrate_observer(
+            fr, folder, labels, variant=variant, overrides=options, failures=failures,
+            provenance={"top_n": top_n, "label_column": label_column} if provenance is None else provenance,
+            batch_size=batch_size, top_n=top_n, label_column=label_column, num_workers=num_workers,
+            cv_folds=cv_folds, seed=seed, resume_path=save)
+        observer = Observer(fr, record)
+        if save is not None:
+            observer.save(save)
+            discard_partial(save)
     return observer

@@ -49,7 +49,7 @@ from evaluation.settings import SCHEMA as EVALUATION_SCHEMA, as_limits, evaluati
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, device_name, load_config, positive_int, public, validate
 from froq.core.errors import FroqError
-from froq.core.io import (atomic_open, discard_partial, fingerprint, output_lock, read_json, sha256_file,
+from froq.core.io import (atomic_open, fingerprint, output_lock, read_json, sha256_file,
                           write_csv, write_json)
 from froq.core.runner import file_identity
 
@@ -316,7 +316,7 @@ def observer_for(model: ModelSpec, method: MethodSpec, fr, outdir: Path, cfg: di
     ``cv_folds`` and the observer option keys (null/absent: the variant's). Reused when calibrated
     with the same model, folder, labels and settings. FroqError (the cell is skipped, one line)
     when the calibration folder is missing or a setting is unknown."""
-    from froq.core.images import FailureLog
+    from froq.api import calibrate
     from observer import initialization as stage2
 
     if not model.calibration or not Path(model.calibration).is_dir():
@@ -325,12 +325,11 @@ def observer_for(model: ModelSpec, method: MethodSpec, fr, outdir: Path, cfg: di
     settings_in = dict(method.observer)
     variant = settings_in.pop("variant", "paper")
     cv_folds = settings_in.pop("cv_folds", 5)
-    known = set(getattr(stage2, "OPTION_KEYS", ()))
-    unknown = sorted(set(settings_in) - known)
-    if unknown or (variant != "paper" and not hasattr(stage2, "resolve_options")):
-        raise FroqError(f"observer setting(s) {', '.join(unknown) or 'variant'} are not known to this "
-                        f"version's observer initialisation (known: variant, cv_folds, {', '.join(sorted(known))})")
-    options = stage2.resolve_options(variant, settings_in) if hasattr(stage2, "resolve_options") else None
+    unknown = sorted(set(settings_in) - set(stage2.OPTION_KEYS))
+    if unknown:
+        raise FroqError(f"observer setting(s) {', '.join(unknown)} are not known to the observer "
+                        f"initialisation (known: variant, cv_folds, {', '.join(sorted(stage2.OPTION_KEYS))})")
+    options = stage2.resolve_options(variant, settings_in)
     labels = labels_for(model, fr, outdir, cfg, progress)
     path = outdir / "models" / model.name / f"observer_{method.name}.json"
     settings = {"model": fr.identity(), "calibration": str(model.calibration),
@@ -341,22 +340,13 @@ def observer_for(model: ModelSpec, method: MethodSpec, fr, outdir: Path, cfg: di
     if _cached(path, key):
         progress.add(model.name, "-", f"observer:{method.name}", "reused", str(path))
         return path
-    with output_lock(path):
-        failures = FailureLog("observer init")
-        extra = {} if options is None else {"options": options, "cv_folds": cv_folds, "seed": cfg["seed"]}
-        record = stage2.initialize_observer(fr, model.calibration, str(labels), batch_size=cfg["batch_size"],
-                                            top_n=model.top_n, num_workers=cfg["num_workers"],
-                                            resume_path=path, failures=failures, **extra)
-        paper = options is None or stage2.is_paper(options)
-        if not paper:
-            record = {"variant": variant, **record}
-        provenance = {"top_n": model.top_n, "table_config": cfg["_source"],
-                      **({} if paper and variant == "paper" else {"variant": variant, "cv_folds": cv_folds,
-                                                                   **settings_in})}
-        write_json(path, stage2.observer_file_record(fr, record, model.calibration, str(labels), failures,
-                                                     provenance))
-        discard_partial(path)
-        _record(path, key, settings)
+    provenance = {"top_n": model.top_n, "table_config": cfg["_source"],
+                  **({} if stage2.is_paper(options) and variant == "paper"
+                     else {"variant": variant, "cv_folds": cv_folds, **settings_in})}
+    calibrate(fr, model.calibration, str(labels), top_n=model.top_n, batch_size=cfg["batch_size"],
+              num_workers=cfg["num_workers"], save=path, variant=variant, options=settings_in,
+              cv_folds=cv_folds, seed=cfg["seed"], provenance=provenance)
+    _record(path, key, settings)
     progress.add(model.name, "-", f"observer:{method.name}", "computed", str(path))
     return path
 

@@ -4,7 +4,7 @@
 
 One forward pass per calibration image with a hook on every layer (norms reduced in the hooks),
 Spearman utility per layer against the pseudo-labels, top-n candidates, greedy layer set.
-Writes a JSON observer file (see README, "Output formats").
+Writes a JSON observer file (see docs/output-formats.md#observer-json).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ SCHEMA = {
                                 help="use labels whose .meta.json names another FR network (recorded in the observer file)"),
     "top_n": Key(positive_int, default=10, help="candidate layers for the greedy search"),
     "variant": Key("str", default="paper", choices=["paper", "plus"],
-                   help="paper = the published FROQ; plus = FROQ+ (README, 'FROQ+')"),
+                   help="paper = the published FROQ; plus = FROQ+ (docs/method.md#froq-plus)"),
     "statistics": Key("list", default=None, nullable=True,
                       help="per-layer statistics of the candidates (null: the variant's)"),
     "standardise": Key("str", default=None, nullable=True, choices=list(STANDARDISATIONS),
@@ -502,8 +502,8 @@ def observer_file_record(fr: FRModel, record: dict, calibration: str | Path, lab
     """The observer JSON (format ``froq-observer/1``) from ``initialize_observer``'s record.
 
     In: the FR model, the record, the calibration folder and label file, the unreadable images,
-    and the stage config (provenance). Out: the dict written to ``observer.json`` (README, "Output
-    formats"): selected layers first, then model identity, calibration, the selection details.
+    and the stage config (provenance). Out: the dict written to ``observer.json``
+    (docs/output-formats.md#observer-json): selected layers first, then model identity, calibration, the selection details.
     """
     record = dict(record)
     template = fr.alignment()  # the face template the calibration faces were aligned to
@@ -513,6 +513,23 @@ def observer_file_record(fr: FRModel, record: dict, calibration: str | Path, lab
                                                     "images": record.pop("images")},
             **record, "config": config or {},
             "unreadable": [{"path": p, "reason": r} for p, r in failures.items]}
+
+
+def calibrate_observer(fr: FRModel, root: str | Path, labels: str | Path | Mapping[str, float], *,
+                       variant: str = "paper", overrides: Mapping | None = None, provenance: Mapping | None = None,
+                       failures: FailureLog, **settings) -> dict:
+    """Stage 2 from start to file record: the one observer initialisation of the stage, the API and
+    ``froq table``. In: the FR model, the calibration folder, its labels (CSV or mapping), the
+    ``variant`` with option ``overrides`` (``resolve_options``), the provenance to record, the
+    FailureLog, and ``initialize_observer``'s other keywords (batch_size, top_n, cv_folds, seed,
+    resume_path, ...). Out: the observer JSON record (``observer_file_record``); a FROQ+ record
+    names its variant."""
+    options = resolve_options(variant, overrides)
+    record = initialize_observer(fr, root, labels, failures=failures, options=options, **settings)
+    if not is_paper(options):
+        record = {"variant": variant, **record}
+    label_source = labels if isinstance(labels, (str, Path)) else "in-memory labels"
+    return observer_file_record(fr, record, root, str(label_source), failures, dict(provenance or {}))
 
 
 def main(argv=None) -> None:
@@ -526,7 +543,8 @@ def main(argv=None) -> None:
                                                           "face_recognition_config": cfg["face_recognition_config"],
                                                           "the stage config": cfg["_source"]},
                               folders={"dataset.path": cfg["dataset"]["path"]})
-    options = resolve_options(cfg["variant"], {k: cfg[k] for k in OPTION_KEYS})
+    overrides = {k: cfg[k] for k in OPTION_KEYS}
+    options = resolve_options(cfg["variant"], overrides)
     provenance = public(cfg)
     if not cfg["allow_foreign_labels"]:
         provenance.pop("allow_foreign_labels")
@@ -540,17 +558,13 @@ def main(argv=None) -> None:
     with distributed.stage_lock(out, fr.device) as rank:
         failures = FailureLog("observer init")
         start = time.perf_counter()
-        record = initialize_observer(fr, cfg["dataset"]["path"], cfg["label_location"],
-                                     batch_size=cfg["dataset"]["batch_size"], top_n=cfg["top_n"],
-                                     label_column=cfg["label_column"], num_workers=cfg["num_workers"],
-                                     autocast=cfg["autocast"], resume_path=out, failures=failures,
-                                     options=options, cv_folds=cfg["cv_folds"], seed=cfg["seed"],
-                                     paths=read_image_list(cfg["dataset"]["list"]) if cfg["dataset"].get("list") else None,
-                                     allow_foreign_labels=cfg["allow_foreign_labels"])
-        if not is_paper(options):
-            record = {"variant": cfg["variant"], **record}
-        result = observer_file_record(fr, record, cfg["dataset"]["path"], cfg["label_location"],
-                                      failures, provenance)
+        result = calibrate_observer(
+            fr, cfg["dataset"]["path"], cfg["label_location"], variant=cfg["variant"], overrides=overrides,
+            provenance=provenance, failures=failures, batch_size=cfg["dataset"]["batch_size"],
+            top_n=cfg["top_n"], label_column=cfg["label_column"], num_workers=cfg["num_workers"],
+            autocast=cfg["autocast"], resume_path=out, cv_folds=cfg["cv_folds"], seed=cfg["seed"],
+            paths=read_image_list(cfg["dataset"]["list"]) if cfg["dataset"].get("list") else None,
+            allow_foreign_labels=cfg["allow_foreign_labels"])
         if not rank.main:  # rank 0 writes the observer file
             return
         write_json(out, result)
