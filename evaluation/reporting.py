@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -53,58 +54,96 @@ def _interval(results: Mapping, bench: str, model: str, method: str, fmr_key: st
     return float(ci[0]), float(ci[1])
 
 
-def table_rows(results: Mapping, benches: Sequence[str], model: str, methods: Sequence[str],
-               fmr_key: str, limit_key: str | None = None, key: str = "pauc_norm") -> list[tuple[str, list[float]]]:
-    """``[(method, [value per benchmark..., mean])]`` for one model, FMR and discard limit (default:
-    the primary one); ``key``: the metric (``pauc_norm``, ``pauc``, ``pauc_minus_best``). NaN when
-    absent; the mean is NaN unless every benchmark has a value."""
+#: why a pAUC is undefined when no genuine pair is rejected before discarding (FNMR(0) = 0)
+NO_ERRORS = ("FNMR(0) = 0 at this FMR: the FR model rejects no genuine pair before any discarding, so the "
+             "normalised pAUC is 0/0 (undefined). Use more pairs (more impostors make the threshold "
+             "meaningful), a higher FMR (e.g. fmr: [1.0e-2]), or the raw pAUC (pauc_normalisation: raw)")
+NO_RESULT = "no result for this method on this benchmark (its qualities were not computed or were skipped)"
+
+
+@dataclass
+class Cell:
+    """One value of a result table: ``value`` (None or NaN = empty), its bootstrap interval, why it
+    is empty (a footnote), a suffix after the number (e.g. ``(2/3)``) and whether it is bold."""
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+    why: str | None = None
+    suffix: str = ""
+    bold: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """No number to show."""
+        return self.value is None or math.isnan(self.value)
+
+
+def render_markdown(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3) -> str:
+    """The one Markdown renderer of result tables (``froq evaluate``'s table.md, ``froq table``,
+    run.sh's report). In: the column titles; rows of text labels followed by ``Cell`` values.
+    Numbers right-aligned with ``± half-width`` of their interval; an empty cell is ``–`` with a
+    footnote marker, and every distinct reason is listed once under the table. Out: the text."""
+    reasons: list[str] = []
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if not isinstance(c, Cell) else "---:" for c in (rows[0] if rows else header)) + "|"]
+    for row in rows:
+        out = []
+        for item in row:
+            if not isinstance(item, Cell):
+                out.append(str(item))
+            elif item.empty:
+                why = item.why or NO_RESULT
+                if why not in reasons:
+                    reasons.append(why)
+                out.append(f"–[^{reasons.index(why) + 1}]")
+            else:
+                text = f"{item.value:.{digits}f}"
+                if item.ci is not None:
+                    text += f" ± {(item.ci[1] - item.ci[0]) / 2:.{digits}f}"
+                text += f" {item.suffix}" if item.suffix else ""
+                out.append(f"**{text}**" if item.bold else text)
+        lines.append("| " + " | ".join(out) + " |")
+    notes = [f"[^{i}]: {why}" for i, why in enumerate(reasons, start=1)]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def empty_reason(results: Mapping, bench: str, model: str, method: str, fmr_key: str | None = None) -> str:
+    """Why a benchmark × model × method value (at FMR ``fmr_key``; None = the primary FMR) is missing
+    or undefined (footnote text)."""
+    try:
+        entry = results[bench][model][method]
+        entry = entry["by_fmr"][fmr_key] if fmr_key is not None else entry
+    except (KeyError, TypeError):
+        return NO_RESULT
+    if entry.get("fnmr0") == 0:
+        return NO_ERRORS
+    return "undefined for this benchmark (see results.json)"
+
+
+def table_cells(results: Mapping, benches: Sequence[str], model: str, methods: Sequence[str],
+                fmr_key: str, limit_key: str | None = None, key: str = "pauc_norm",
+                intervals: bool = False) -> list[list[object]]:
+    """Rows ``[method, Cell per benchmark..., mean Cell]`` of one model, FMR and discard limit
+    (default: the primary); ``key`` the metric (``pauc_norm``, ``pauc``, ``pauc_minus_best``); with
+    ``intervals`` the bootstrap intervals. The mean is empty unless every benchmark has a value.
+    The best value of each column among the configured methods (not the references) is bold."""
     rows = []
     for method in methods:
-        vals = [_value(results, b, model, method, fmr_key, limit_key, key) for b in benches]
-        mean = float(np.mean(vals)) if vals and not any(math.isnan(v) for v in vals) else math.nan
-        rows.append((method, vals + [mean]))
-    return rows
-
-
-def table_intervals(results: Mapping, benches: Sequence[str], model: str, methods: Sequence[str],
-                    fmr_key: str, limit_key: str | None = None, key: str = "pauc_norm") -> dict:
-    """``{method: [interval or None per benchmark..., None for the mean]}`` (bootstrap 95 % CIs)."""
-    return {m: [_interval(results, b, model, m, fmr_key, limit_key, key) for b in benches] + [None]
-            for m in methods}
-
-
-def format_value(v: float, ci: tuple[float, float] | None, digits: int = 3) -> str:
-    """``0.123`` or, with an interval, ``0.123 ± 0.010`` (± = half the interval's width)."""
-    text = f"{v:.{digits}f}"
-    if ci is not None:
-        text += f" ± {(ci[1] - ci[0]) / 2:.{digits}f}"
-    return text
-
-
-def markdown_table(rows: list[tuple[str, list[float]]], benches: Sequence[str], digits: int = 3,
-                   intervals: Mapping | None = None) -> str:
-    """Markdown table of ``table_rows``; the column minimum among non-reference methods is bold;
-    with ``intervals`` (``table_intervals``) each value carries its ``± half-width``."""
-    header = ["Method"] + list(benches) + ["Mean"]
-    best = []
-    for c in range(len(header) - 1):
-        cand = [r[1][c] for r in rows if r[0] not in REFERENCES and not math.isnan(r[1][c])]
-        best.append(min(cand) if cand else None)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
-    for method, vals in rows:
         cells = []
-        cis = (intervals or {}).get(method) or [None] * len(vals)
-        for c, v in enumerate(vals):
-            if math.isnan(v):
-                cells.append("–")
-                continue
-            text = format_value(v, cis[c], digits)
-            if method not in REFERENCES and best[c] is not None and round(v, digits) == round(best[c], digits):
-                text = f"**{text}**"
-            cells.append(text)
-        name = f"*{method}*" if method in REFERENCES else method
-        lines.append("| " + " | ".join([name] + cells) + " |")
-    return "\n".join(lines)
+        for b in benches:
+            v = _value(results, b, model, method, fmr_key, limit_key, key)
+            ci = _interval(results, b, model, method, fmr_key, limit_key, key) if intervals else None
+            cells.append(Cell(v, ci, None if not math.isnan(v) else empty_reason(results, b, model, method, fmr_key)))
+        vals = [c.value for c in cells]
+        mean = Cell(float(np.mean(vals)) if vals and not any(c.empty for c in cells) else math.nan,
+                    why="the mean needs a value on every benchmark")
+        rows.append([f"*{method}*" if method in REFERENCES else method, *cells, mean])
+    for c in range(1, len(benches) + 2):
+        cand = [r[c].value for r, m in zip(rows, methods) if m not in REFERENCES and not r[c].empty]
+        for r, m in zip(rows, methods):
+            if cand and m not in REFERENCES and not r[c].empty and round(r[c].value, 3) == round(min(cand), 3):
+                r[c].bold = True
+    return rows
 
 
 def write_outputs(outdir: Path, results: Mapping, curve_rows: list, run_info: Mapping,
@@ -129,17 +168,15 @@ def write_outputs(outdir: Path, results: Mapping, curve_rows: list, run_info: Ma
             fkey = fmr_key(fmr)
             for lim in limits:
                 lkey = format(lim, "g")
-                rows = table_rows(results, benches, model, methods, fkey, lkey, key)
-                cis = table_intervals(results, benches, model, methods, fkey, lkey, key) if show_ci else None
+                rows = table_cells(results, benches, model, methods, fkey, lkey, key, intervals=show_ci)
                 title = f"## {model} — FMR = {fmr:g}" + (f" — discard limit {lim:g}" if len(limits) > 1 else "")
-                md += [title, "", markdown_table(rows, benches, intervals=cis), ""]
-                for method, vals in rows:
+                md += [title, "", render_markdown(["Method", *benches, "Mean"], rows), ""]
+                for method, row in zip(methods, rows):
                     if lim == limits[0]:
-                        csv_rows.append([model, fmr, method] + [None if math.isnan(v) else v for v in vals])
-                    for b, v in zip(benches, vals):
-                        ci = (cis or {}).get(method, [None] * len(benches))[benches.index(b)] if cis else None
-                        long_rows.append([model, fmr, lim, method, b, key, None if math.isnan(v) else v,
-                                          None if ci is None else ci[0], None if ci is None else ci[1]])
+                        csv_rows.append([model, fmr, method] + [None if c.empty else c.value for c in row[1:]])
+                    for b, c in zip(benches, row[1:]):
+                        long_rows.append([model, fmr, lim, method, b, key, None if c.empty else c.value,
+                                          None if c.ci is None else c.ci[0], None if c.ci is None else c.ci[1]])
     md.append("*random*: mean over seeds of uniform random qualities; *perfect*: oracle discarding the "
               "lowest-scoring genuine pairs first (lower bound). Bold: best configured method.")
     with atomic_open(outdir / "table.md", "w", encoding="utf-8") as fh:

@@ -12,7 +12,7 @@ named relative to it), as run.sh always did:
    template and ``baselineFIQA.perturbations.default_mpx`` the occlusion cell.
 2. ``--photos``: aligned with ``preparation.align``, split by identity with
    ``preparation.split.split_aligned`` (``calibration_ids_beside`` finds a ``calibration_pool.txt``
-   beside the photos), calibration sources capped at 300 and degraded with
+   beside the photos), calibration sources capped at 1,000 and degraded with
    ``preparation.calibration``; a given ``--calibration`` folder is capped only with
    ``--max-calibration`` (``preparation.split.subsample_folder``).
 3. The three stages, called in this process through their ``main(argv)`` with ``--set`` overrides
@@ -50,7 +50,7 @@ FALLBACK_FR = "configs/fr/dlib_resnet.yaml"
 DEFAULT_OUT = "outputs"
 DEFAULT_CALIBRATION = "calibration_dataset"
 DEFAULT_CAP = 1000           # calibration sources built from --photos without --max-calibration:
-                             # measured (README, "Calibration size"): the layer selection on LFW
+                             # measured (docs/results.md#calibration-size): the layer selection on LFW
                              # with dlib is reproducible from ~1,000 images, not from 300
 POOL_FILE = "calibration_pool.txt"
 STAGE_CONFIGS = {"labels": "configs/baseline.yaml", "init": "configs/init.yaml",
@@ -74,7 +74,8 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
   --calibration DIR     aligned calibration faces (used as they are; no building)
   --target DIR          aligned faces to score (default: the photos' target split, else the
                         calibration faces themselves)
-  --fr CFG              FR config, a file or a path relative to the repository (default: configs/fr/adaface_ir101.yaml if its weights exist,
+  --fr CFG              FR config, a file, a path relative to the repository or a name of configs/fr/ (e.g. sface, dlib_resnet)
+                        (default: configs/fr/adaface_ir101.yaml if its weights exist,
                         otherwise configs/fr/dlib_resnet.yaml, which needs no download)
   --out DIR             output folder (default: outputs/ of the repository)
   --device DEV          auto | cpu | cuda | cuda:N (default: auto)
@@ -86,7 +87,7 @@ Usage: ./run.sh [--photos DIR] [--calibration DIR] [--target DIR] [options]
                         benchmarks/labels.py, dlib_resnet, one thread on a 2-core Xeon VM at
                         load ~2: 3.3 img/s (1000 images ~5 min; an AVX2 EPYC: 2.4 img/s, ~7 min);
                         AdaFace IR-50 0.2 img/s (~1.4 h; EPYC 0.12, ~2.4 h); a busy machine takes
-                        several times longer (README, Pseudo-label speed). Finished
+                        several times longer (docs/method.md#bf16). Finished
                         labels are reused by any later run on the same images, model and settings
                         (cache in ~/.cache/froq/labels, FROQ_CACHE=DIR or off).
   --variants N          degraded variants per calibration source (preparation/calibration.py; default 1)
@@ -292,9 +293,13 @@ def fr_info(config: str, strict: bool = False) -> FRInfo:
 
 
 def choose_fr_config(fr: str = "") -> str:
-    """The FR config of the run: ``fr`` when given; else AdaFace IR-101 (``DEFAULT_FR``) when its
-    weights exist, otherwise dlib's ResNet (``FALLBACK_FR``, no download), said in one line."""
+    """The FR config of the run: ``fr`` when given (a bare name such as ``sface`` that is no file
+    means ``configs/fr/<name>.yaml``); else AdaFace IR-101 (``DEFAULT_FR``) when its weights
+    exist, otherwise dlib's ResNet (``FALLBACK_FR``, no download), said in one line."""
     if fr:
+        short = f"configs/fr/{fr}.yaml"
+        if "/" not in fr and os.sep not in fr and not os.path.isfile(fr) and os.path.isfile(short):
+            return short
         return fr
     if fr_info(DEFAULT_FR).weights_ok:
         return DEFAULT_FR
@@ -438,6 +443,8 @@ def summary_lines(summary: dict, out: str | os.PathLike) -> list[str]:
         values = ", ".join(f"{m} {v:.3f}" for m, v in (ev.get("pauc_norm") or {}).items() if v is not None)
         lines.append(f"evaluation:       {ev['benchmark']}, EDC pAUC (normalised; lower = better): "
                      f"{values or 'see the table'}; {ev['table']}")
+        if ev.get("undefined"):
+            lines.append(f"                  FROQ's pAUC is undefined: {ev['undefined']}")
     pics = summary.get("pictures")
     if pics:
         lines.append(f"pictures:         {', '.join(str(p) for p in pics.values() if p)}")
@@ -484,10 +491,15 @@ def evaluate_step(opts: Options, out: str, fr: str, target: str, aligned: str) -
     if not done:
         return None
     print(Path(done["table"]).read_text(encoding="utf-8"), flush=True)
-    return {"benchmark": done["benchmark"], "pairs": pairs, "table": done["table"],
-            "edc_plots": done["edc_plots"], "no_face": done["no_face"],
-            "without_quality": done["without_quality"],
-            "pauc_norm": pair_paucs(done["results"], done["benchmark"], done["model"])}
+    paucs = pair_paucs(done["results"], done["benchmark"], done["model"])
+    entry = {"benchmark": done["benchmark"], "pairs": pairs, "table": done["table"],
+             "edc_plots": done["edc_plots"], "no_face": done["no_face"],
+             "without_quality": done["without_quality"], "pauc_norm": paucs}
+    if "froq" not in paucs:  # why FROQ's value is undefined (e.g. FNMR(0) = 0 on a few pairs)
+        from evaluation.reporting import empty_reason
+
+        entry["undefined"] = empty_reason(done["results"], done["benchmark"], done["model"], "froq")
+    return entry
 
 
 def pictures_step(opts: Options, out: str, target: str, aligned: str, summary: dict,

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Mapping
 
 from baselineFIQA.settings import label_options, resolve_mpx
+from evaluation.edc import fmr_key
+from evaluation.reporting import Cell, empty_reason, render_markdown
 from evaluation.settings import SCHEMA as EVALUATION_SCHEMA, as_limits, evaluation_settings
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, device_name, load_config, positive_int, public, validate
@@ -509,36 +511,31 @@ def cell_value(results: Mapping, bench: str, model: str, method: str, limit: flo
 
 
 def table_markdown(cells: dict, models: list[str], benches: list[str], methods: list[str],
-                   limits: list[float], fmr: float, normalisation: str = "start") -> str:
-    """The paper's layout as Markdown: per discard limit, benchmarks as columns, methods as rows,
-    one block per FR model, a mean column (over the benchmarks present; ``(k/n)`` when some are
-    missing); ``± h`` = half-width of the evaluation's bootstrap interval when it gave one.
-    In: ``cells[(model, method, bench, limit)] = {value, ci}``."""
+                   limits: list[float], fmr: float, normalisation: str = "start",
+                   reasons: Mapping | None = None) -> str:
+    """The paper's layout as Markdown (``evaluation.reporting.render_markdown``): per discard limit,
+    benchmarks as columns, methods as rows, one block per FR model, a mean column (over the
+    benchmarks present; ``(k/n)`` when some are missing); ``± h`` = half-width of the evaluation's
+    bootstrap interval when it gave one; an empty cell carries a footnote with its reason.
+    In: ``cells[(model, method, bench, limit)] = {value, ci}``, ``reasons`` for the empty ones."""
     out = []
     what = {"start": "normalised pAUC", "raw": "raw pAUC", "best": "pAUC minus the best possible"}.get(
         normalisation, f"pAUC ({normalisation})")
     for limit in limits:
-        out.append(f"### EDC {what}, FMR {fmr:g}, discard limit {limit:g} (lower = better)\n")
-        out.append("| FR model | method | " + " | ".join(benches) + " | mean |")
-        out.append("|---|---|" + "---:|" * (len(benches) + 1))
+        rows = []
         for model in models:
             for method in methods:
-                vals = [cells.get((model, method, b, limit)) for b in benches]
+                keys = [(model, method, b, limit) for b in benches]
+                vals = [cells.get(k) for k in keys]
                 have = [v["value"] for v in vals if v is not None]
-                if not have:
-                    continue
-                mean = f"{sum(have) / len(have):.3f}" + ("" if len(have) == len(vals) else f" ({len(have)}/{len(vals)})")
-                out.append(f"| {model} | {method} | " + " | ".join(_cell_text(v) for v in vals) + f" | {mean} |")
-        out.append("")
+                row = [Cell(v["value"], tuple(v["ci"]) if v["ci"] else None) if v is not None
+                       else Cell(None, why=(reasons or {}).get(k)) for k, v in zip(keys, vals)]
+                mean = Cell(sum(have) / len(have) if have else None, why="no benchmark has a value",
+                            suffix="" if len(have) == len(vals) else f"({len(have)}/{len(vals)})")
+                rows.append([model, method, *row, mean])
+        out += [f"### EDC {what}, FMR {fmr:g}, discard limit {limit:g} (lower = better)\n",
+                render_markdown(["FR model", "method", *benches, "mean"], rows), ""]
     return "\n".join(out)
-
-
-def _cell_text(cell: dict | None) -> str:
-    if cell is None:
-        return "–"
-    if cell["ci"]:
-        return f"{cell['value']:.3f} ±{(cell['ci'][1] - cell['ci'][0]) / 2:.3f}"
-    return f"{cell['value']:.3f}"
 
 
 def run_table(cfg: dict) -> dict:
@@ -558,8 +555,9 @@ def run_table(cfg: dict) -> dict:
     limits = as_limits(cfg["discard_limits"])
     device = resolve_device(cfg["device"])
     progress = Progress()
-    fmr_only = {k: v for k, v in cfg["evaluation"].items() if k == "fmr"}  # the rest: evaluation_config
-    fmr = validate(fmr_only, {"fmr": EVALUATION_SCHEMA["fmr"]}, f"{source}: evaluation")["fmr"][0]
+    column = {k: EVALUATION_SCHEMA[k] for k in ("fmr", "pauc_normalisation")}  # the rest: evaluation_config
+    shown = validate({k: v for k, v in cfg["evaluation"].items() if k in column}, column, f"{source}: evaluation")
+    fmr = shown["fmr"][0]  # the table's column: the first FMR
 
     # benchmarks: a missing dataset is skipped once, for every model
     protocols = {}
@@ -572,6 +570,7 @@ def run_table(cfg: dict) -> dict:
             progress.add("*", entry["name"], "*", "skipped", f"{exc}{hint}")
 
     cells: dict = {}
+    reasons: dict = {}  # why an empty cell is empty (its footnote)
     own_models: dict = {}  # method name -> its own FR model (or why not)
     evaluations: dict = {}
     identities: dict = {}
@@ -617,12 +616,20 @@ def run_table(cfg: dict) -> dict:
                     value = cell_value(results, entry["name"], model.name, method, limit)
                     if value is not None:
                         cells[(model.name, method, entry["name"], limit)] = value
+                    else:
+                        reasons[(model.name, method, entry["name"], limit)] = empty_reason(
+                            results, entry["name"], model.name, method, fmr_key(fmr))
 
     model_names = [m.name for m in models]
     bench_names = [e["name"] for e, _ in bench_entries]
     method_names = [m.name for m in methods]
+    for model, bench, method, status, detail in progress.cells:  # skipped cells: the skip's reason
+        if status == "skipped":
+            for key in [(m, meth, b, lim) for m in model_names for meth in method_names for b in bench_names
+                        for lim in limits if model in ("*", m) and method in ("*", meth) and bench in ("*", b)]:
+                reasons.setdefault(key, f"skipped: {detail}")
     text = table_markdown(cells, model_names, bench_names, method_names, limits, fmr,
-                          str(cfg["evaluation"].get("pauc_normalisation", "start")))
+                          shown["pauc_normalisation"], reasons)
     ev = [e["status"] for e in evaluations.values()]
     summary = progress.lines() + [f"evaluations: {ev.count('computed')} computed, {ev.count('reused')} reused"]
     summary += [f"no bootstrap intervals for {bench}: {why}" for bench, why in no_intervals.items()]

@@ -151,7 +151,10 @@ def test_table_end_to_end_rerun_and_skips(tiny, capsys):
     assert list((tiny / "out" / "evaluation" / "tiny").glob("edc_lfw_tiny*.png"))
     table = (tiny / "out" / "table.md").read_text()
     assert "| FR model | method | lfw | gone | mean |" in table and "| tiny | froq |" in table
-    assert "– | " in table and "(1/2) |" in table  # the missing benchmark: a dash, the mean over 1 of 2
+    # the missing benchmark: a dash with a footnote saying why, the mean over 1 of 2
+    assert "| –[^1] |" in table and "(1/2) |" in table
+    note = next(line for line in table.splitlines() if line.startswith("[^1]: "))
+    assert "skipped" in note and "gone" in note, note
     assert "discard limit 0.2" in table and "discard limit 0.3" in table
     meta = json.loads((tiny / "out" / "qualities" / "lfw" / "tiny" / "froq.csv.table.json").read_text())
     assert meta["settings"]["method"] == "froq" and meta["settings"]["observer_sha256"]
