@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation import adience, edc, ijbc, streaming  # noqa: E402
+from evaluation import adience, comparison_scores, edc, ijbc, streaming  # noqa: E402
 from evaluation.evaluate import evaluate_pairs  # noqa: E402
 
 FMRS, LIMITS, SEEDS = [1e-4, 1e-3], [0.2, 0.3], 10
@@ -102,7 +102,7 @@ def run_ijbc(args, rng) -> None:
     scored = streaming.listed_pairs_scores(ijbc.template_pair_scores(tf, proto.pairs), proto.genuine)
     t = _step(f"ijbc: template pair scores ({proto.n_pairs:,})", t)
     gen = streaming.genuine_pairs(proto)
-    _metrics(scored, lambda q: ijbc.protocol_pair_quality(proto, q, "min", gen), len(names), rng, t, "ijbc")
+    _metrics(scored, lambda q: comparison_scores.protocol_pair_quality(proto, q, "min", gen), len(names), rng, t, "ijbc")
 
 
 def run_adience(args, rng) -> None:

@@ -30,7 +30,12 @@ from froq.core.images import FailureLog
 from froq.core.runner import run_images
 from froq.core.io import read_csv, read_json, sha256_file, write_csv, write_json, write_npy
 
+from evaluation import edc
+from evaluation.adience import AllPairsProtocol
+from evaluation import ijbc
+from evaluation.ijbc import TemplateProtocol, ijbc_scores, template_pair_scores, template_qualities
 from evaluation.pair_protocols import PairProtocol, normalise_rel_path
+from evaluation.streaming import StreamedScores, all_pairs_scores, listed_pairs_scores, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +262,58 @@ def write_scores_csv(path: str | os.PathLike, protocol: PairProtocol, scores: np
             for (i, j), g, s in zip(protocol.pairs, protocol.genuine, scores))
     write_csv(path, ["path1", "path2", "genuine", "score"], rows)
 
+
+# ---- the score dispatch of every protocol (image pairs, all pairs, IJB-C templates) ----------------
+
+GRAM_MIN_PAIRS = 1_000_000  # image protocols below this keep cosine_scores
+
+
+def protocol_pair_quality(protocol: PairProtocol, img_q: np.ndarray, rule: str,
+                          pairs: np.ndarray | None = None) -> np.ndarray:
+    """Per-image qualities → quality of ``pairs`` (default: every pair of ``protocol``; (P, 2)
+    indices like ``protocol.pairs``): the ``rule`` of the two images' qualities, or for a
+    ``TemplateProtocol`` of the two templates' pooled qualities."""
+    pairs = protocol.pairs if pairs is None else pairs
+    q = template_qualities(protocol, img_q) if isinstance(protocol, TemplateProtocol) \
+        else np.asarray(img_q, dtype=np.float64)
+    return edc.pair_quality(q[pairs[:, 0]], q[pairs[:, 1]], rule)
+
+
+def write_template_scores_csv(path: str | os.PathLike, protocol: TemplateProtocol, scores: np.ndarray) -> None:
+    """Write ``template1,template2,genuine,score`` for every template pair (atomic)."""
+    t = protocol.template_ids
+    rows = ((int(t[i]), int(t[j]), int(g), float(s))
+            for (i, j), g, s in zip(protocol.pairs, protocol.genuine, scores))
+    write_csv(path, ["template1", "template2", "genuine", "score"], rows)
+
+
+def protocol_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64,
+                         num_workers: int = 0) -> np.ndarray:
+    """Comparison scores of every pair of any protocol: template pooling for a ``TemplateProtocol``,
+    otherwise cached image embeddings and the cosine of each pair — from blocks of the Gram matrix
+    when pairs are dense (Adience's all pairs), else in blocks of ``SCORE_BLOCK`` pairs — so
+    millions of pairs never materialise (P, D) arrays."""
+    if isinstance(protocol, TemplateProtocol):
+        return ijbc_scores(fr, protocol, cache_dir, model_key(fr), batch_size, num_workers)
+    with torch.no_grad():
+        emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
+    n, pairs = len(emb), protocol.pairs
+    if len(pairs) >= GRAM_MIN_PAIRS and n * n <= ijbc.GRAM_RATIO * len(pairs):  # Adience: Gram blocks
+        return template_pair_scores(unit_rows(emb), pairs)
+    out = np.empty(len(pairs), dtype=np.float64)
+    for s in range(0, len(pairs), ijbc.SCORE_BLOCK):
+        out[s:s + ijbc.SCORE_BLOCK] = cosine_scores(emb, pairs[s:s + ijbc.SCORE_BLOCK])
+    return out
+
+
+def streamed_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64,
+                         num_workers: int = 0) -> StreamedScores:
+    """``protocol_pair_scores`` for the streaming evaluation (``evaluation.streaming``): an
+    ``AllPairsProtocol``'s impostor scores come block by block from its unit embeddings, never all
+    held; a listed protocol's scores are computed as usual and split into genuine and impostor."""
+    if not isinstance(protocol, AllPairsProtocol):
+        return listed_pairs_scores(protocol_pair_scores(fr, protocol, cache_dir, batch_size, num_workers),
+                                   protocol.genuine)
+    with torch.no_grad():
+        emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
+    return all_pairs_scores(unit_rows(emb), protocol.image_ids, protocol.mated)

@@ -25,9 +25,9 @@ from froq.core.io import sha256_file, write_csv
 from evaluation import bootstrap, edc, edc_conventions, reporting, streaming
 from evaluation.edc import fmr_key
 from evaluation.settings import as_limits, evaluation_settings
-from evaluation.comparison_scores import read_scores_csv, write_scores_csv
-from evaluation.ijbc import (TemplateProtocol, protocol_pair_quality, protocol_pair_scores,
-                             streamed_pair_scores, write_template_scores_csv)
+from evaluation.comparison_scores import (protocol_pair_quality, protocol_pair_scores, read_scores_csv,
+                                         streamed_pair_scores, write_scores_csv, write_template_scores_csv)
+from evaluation.ijbc import TemplateProtocol
 from evaluation.pair_protocols import (PairProtocol, read_insightface_bin, read_lfw_pairs, read_pairs_csv,
                                        read_xqlfw)
 from evaluation.quality_methods import (check_template, image_qualities, method_specs,

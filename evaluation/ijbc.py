@@ -51,15 +51,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+if __name__ == "__main__" and not __package__:  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from face_recognition_model.templates import AlignmentTemplate
 from froq.core.errors import FroqError
 from froq.core.images import FailureLog, load_rgb, save_rgb
 from froq.core.io import read_json, write_json, write_npy
 from froq.core.runner import file_identity, run_images
 
-from evaluation import edc
-from evaluation.adience import AllPairsProtocol
 from evaluation.pair_protocols import PairProtocol
-from evaluation.streaming import StreamedScores, all_pairs_scores, listed_pairs_scores, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ EMBED_CHUNK = 8192
 SCORE_BLOCK = 20_000      # pairs gathered at once (smaller blocks stay in cache: 2x faster than 200k)
 GRAM_ROWS = 500           # templates per block of the Gram matrix (IJB-C: 92 MB a block)
 GRAM_RATIO = 64           # use the Gram matrix when templates² <= GRAM_RATIO × pairs
-GRAM_MIN_PAIRS = 1_000_000  # image protocols below this keep comparison_scores.cosine_scores
 CHIP_EXT = ".png"
 
 
@@ -430,16 +430,6 @@ def template_pair_scores(tfeats: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- alignment
 
 
-@dataclass(frozen=True)
-class AlignmentTemplate:
-    """Five target points (left eye, right eye, nose, left and right mouth corner) in a chip of
-    ``size`` = (width, height), and a name for its chip folder."""
-
-    name: str
-    points: np.ndarray
-    size: tuple[int, int]
-
-
 def model_template(fr) -> AlignmentTemplate:
     """The five-point alignment template of an FR model (anything with ``config``,
     ``config_path``, ``arch``, ``preprocess``).
@@ -465,7 +455,7 @@ def model_template(fr) -> AlignmentTemplate:
         log.warning("%s: template %s is made by dlib from its own landmarks; IJB-C gives five other "
                     "points, so its chips are approximated by a similarity transform onto where those "
                     "points lie on %s chips", source, tmpl.name, tmpl.name)
-    return AlignmentTemplate(tmpl.name, np.asarray(tmpl.points, dtype=np.float64), (tmpl.width, tmpl.height))
+    return tmpl
 
 
 def align_chips(protocol: TemplateProtocol, template: AlignmentTemplate, workers: int = 0) -> Path:
@@ -480,8 +470,9 @@ def align_chips(protocol: TemplateProtocol, template: AlignmentTemplate, workers
 
     me = distributed.init(None)   # joins the process group under torchrun (a no-op if joined)
     out = protocol.aligned_root / template.name
-    settings = {"template": template.name, "points": np.round(template.points, 6).tolist(),
-                "size": list(template.size), "source": str(protocol.loose_crop.resolve()),
+    points, size = np.asarray(template.points, dtype=np.float64), (template.width, template.height)
+    settings = {"template": template.name, "points": np.round(points, 6).tolist(),
+                "size": list(size), "source": str(protocol.loose_crop.resolve()),
                 "method": "umeyama similarity from the release's 5 landmarks, bilinear warp, black border"}
     meta = out / "align.json"
     error = None
@@ -503,7 +494,7 @@ def align_chips(protocol: TemplateProtocol, template: AlignmentTemplate, workers
         log.info("%s: aligning %d of %d images to %s%s", protocol.name, len(todo), len(protocol.images), out,
                  f" ({me})" if me.active else "")
     tasks = [(str(protocol.loose_crop / protocol.source_names[i]), str(out / protocol.images[i]),
-              protocol.landmarks[i], template.points, template.size) for i in todo]
+              protocol.landmarks[i], points, size) for i in todo]
     if tasks and workers and workers > 1:
         import multiprocessing
 
@@ -617,11 +608,11 @@ def embed_chips(fr, chip_dir: Path, names: Sequence[str], store: Path, flip: boo
         yield arr
 
 
-def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | None,
+def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | None, model_key: str,
                 batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
     """Cosine scores of every template pair of ``protocol`` with ``fr``: align (resumable), embed
-    (resumable, chunked), pool into templates as configured, compare."""
-    from evaluation.comparison_scores import model_key
+    (resumable, chunked, stored under the model's ``model_key``: its network identity), pool into
+    templates as configured, compare."""
     from froq.core import distributed
 
     distributed.init(fr.device)   # under torchrun: join with the model's device (NCCL on CUDA)
@@ -629,7 +620,7 @@ def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | N
     chip_dir = align_chips(protocol, template, workers=num_workers)
     flip = protocol.options["flip"] != "none"
     base = Path(cache_dir) if cache_dir is not None else protocol.aligned_root / "embeddings"
-    store = base / f"{fr.arch}-{model_key(fr)[:16]}" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', protocol.name)}-" \
+    store = base / f"{fr.arch}-{model_key[:16]}" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', protocol.name)}-" \
         f"{template.name}-{'flip' if flip else 'noflip'}"
     opts = protocol.options
 
@@ -641,66 +632,6 @@ def ijbc_scores(fr, protocol: TemplateProtocol, cache_dir: str | os.PathLike | N
             start += len(emb)
 
     return template_pair_scores(template_features(protocol, features()), protocol.pairs)
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-
-def protocol_pair_quality(protocol: PairProtocol, img_q: np.ndarray, rule: str,
-                          pairs: np.ndarray | None = None) -> np.ndarray:
-    """Per-image qualities → quality of ``pairs`` (default: every pair of ``protocol``; (P, 2)
-    indices like ``protocol.pairs``): the ``rule`` of the two images' qualities, or for a
-    ``TemplateProtocol`` of the two templates' pooled qualities."""
-    pairs = protocol.pairs if pairs is None else pairs
-    q = template_qualities(protocol, img_q) if isinstance(protocol, TemplateProtocol) \
-        else np.asarray(img_q, dtype=np.float64)
-    return edc.pair_quality(q[pairs[:, 0]], q[pairs[:, 1]], rule)
-
-
-def write_template_scores_csv(path: str | os.PathLike, protocol: TemplateProtocol, scores: np.ndarray) -> None:
-    """Write ``template1,template2,genuine,score`` for every template pair (atomic)."""
-    from froq.core.io import write_csv
-
-    t = protocol.template_ids
-    rows = ((int(t[i]), int(t[j]), int(g), float(s))
-            for (i, j), g, s in zip(protocol.pairs, protocol.genuine, scores))
-    write_csv(path, ["template1", "template2", "genuine", "score"], rows)
-
-
-def protocol_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64,
-                         num_workers: int = 0) -> np.ndarray:
-    """Comparison scores of every pair of any protocol: template pooling for a ``TemplateProtocol``,
-    otherwise cached image embeddings and the cosine of each pair — from blocks of the Gram matrix
-    when pairs are dense (Adience's all pairs), else in blocks of ``SCORE_BLOCK`` pairs — so
-    millions of pairs never materialise (P, D) arrays."""
-    if isinstance(protocol, TemplateProtocol):
-        return ijbc_scores(fr, protocol, cache_dir, batch_size, num_workers)
-    from evaluation.comparison_scores import cosine_scores, protocol_embeddings
-
-    with torch.no_grad():
-        emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
-    n, pairs = len(emb), protocol.pairs
-    if len(pairs) >= GRAM_MIN_PAIRS and n * n <= GRAM_RATIO * len(pairs):  # Adience: Gram blocks
-        return template_pair_scores(unit_rows(emb), pairs)
-    out = np.empty(len(pairs), dtype=np.float64)
-    for s in range(0, len(pairs), SCORE_BLOCK):
-        out[s:s + SCORE_BLOCK] = cosine_scores(emb, pairs[s:s + SCORE_BLOCK])
-    return out
-
-
-def streamed_pair_scores(fr, protocol: PairProtocol, cache_dir, batch_size: int = 64,
-                         num_workers: int = 0) -> StreamedScores:
-    """``protocol_pair_scores`` for the streaming evaluation (``evaluation.streaming``): an
-    ``AllPairsProtocol``'s impostor scores come block by block from its unit embeddings, never all
-    held; a listed protocol's scores are computed as usual and split into genuine and impostor."""
-    if not isinstance(protocol, AllPairsProtocol):
-        return listed_pairs_scores(protocol_pair_scores(fr, protocol, cache_dir, batch_size, num_workers),
-                                   protocol.genuine)
-    from evaluation.comparison_scores import protocol_embeddings
-
-    with torch.no_grad():
-        emb = protocol_embeddings(fr, protocol, cache_dir, batch_size, num_workers)
-    return all_pairs_scores(unit_rows(emb), protocol.image_ids, protocol.mated)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -739,7 +670,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from froq.core.cli import run_main
 
     sys.exit(run_main(main))

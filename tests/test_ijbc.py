@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
-from evaluation import edc, ijbc
+from evaluation import comparison_scores, edc, ijbc
 from evaluation.main import main as eval_main
 from face_recognition_model.loading import load_fr_model
 from face_recognition_model.registry import register_model
+from face_recognition_model.templates import AlignmentTemplate
 from froq.core.errors import FroqError
 from froq.core.images import load_rgb, save_rgb
 from preparation.align import ARCFACE_112
@@ -135,8 +136,8 @@ def test_template_pooling_by_hand(release, tmp_path):
     np.testing.assert_allclose(ijbc.template_qualities(p, q, "mean"), [1.6 / 3, 0.7, 1.4 / 3])
     assert ijbc.template_qualities(p, q, "median").tolist() == [0.5, 0.7, 0.4]
     # pair quality = min of the two templates (default pooling min)
-    assert ijbc.protocol_pair_quality(p, q, "min").tolist() == [0.2, 0.2, 0.2, 0.2]
-    np.testing.assert_allclose(ijbc.protocol_pair_quality(p, q, "mean"), [0.45, 0.2, 0.45, 0.2])  # both templates
+    assert comparison_scores.protocol_pair_quality(p, q, "min").tolist() == [0.2, 0.2, 0.2, 0.2]
+    np.testing.assert_allclose(comparison_scores.protocol_pair_quality(p, q, "mean"), [0.45, 0.2, 0.45, 0.2])  # both templates
 
 
 def test_image_feature_modes():
@@ -150,7 +151,7 @@ def test_image_feature_modes():
 
 def test_alignment_maps_the_landmarks_onto_the_template(release, tmp_path):
     p = ijbc.read_ijbc(release, tmp_path / "aligned")
-    tmpl = ijbc.AlignmentTemplate("arcface112", ARCFACE_112.copy(), (112, 112))
+    tmpl = AlignmentTemplate("arcface112", (112, 112), tuple(map(tuple, ARCFACE_112)))
     # an image whose landmarks already sit on the template is copied (identity transform)
     img = np.random.default_rng(3).integers(0, 256, (112, 112, 3), dtype=np.uint8)
     save_rgb(img, release / "loose_crop" / "1.png")
@@ -163,7 +164,7 @@ def test_alignment_maps_the_landmarks_onto_the_template(release, tmp_path):
     stamp = (out / "3.png").stat().st_mtime_ns
     ijbc.align_chips(p, tmpl)                                   # resumed: nothing rewritten
     assert (out / "3.png").stat().st_mtime_ns == stamp
-    other = ijbc.AlignmentTemplate("arcface112", ARCFACE_112 + 1, (112, 112))
+    other = AlignmentTemplate("arcface112", (112, 112), tuple(map(tuple, ARCFACE_112 + 1)))
     with pytest.raises(FroqError, match="aligned with other settings"):
         ijbc.align_chips(p, other)
 
