@@ -1,6 +1,6 @@
 """Error-versus-discard characteristic (EDC, ISO/IEC 29794-1) and its partial area (pAUC).
 
-Conventions (documented in evaluation/README.md):
+Conventions (documented in docs/evaluation.md#what-is-computed):
 
 * **Threshold.** Comparison scores are similarities (higher = more alike); a comparison is a
   *match* when ``score > t``. For ``m`` impostor scores and a target FMR ``f`` let

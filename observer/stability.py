@@ -13,7 +13,7 @@ folder, a handful of people). On every resample the selection of spec §3.2–3.
   resample → ``rho`` (median and the 2.5–97.5 % percentile interval): how much ρ depends on which
   calibration images happened to be drawn.
 
-The record goes into ``observer.json`` as ``stability`` (README, "Output formats").
+The record goes into ``observer.json`` as ``stability`` (docs/output-formats.md#observer-json).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from froq.core.images import identity_of
 from observer.selection import set_score, spearman, top_candidates
 
-RESAMPLES = 100      # bootstrap resamples in an initialisation (cost: README, "Calibration stability")
+RESAMPLES = 100      # bootstrap resamples in an initialisation (cost: docs/output-formats.md#observer-json)
 MIN_IDENTITIES = 10  # fewer identity folders than this: resample images instead
 SEED = 0
 

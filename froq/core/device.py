@@ -17,7 +17,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     """
     name = (name or "auto").strip().lower()
     if name in ("auto", "cuda"):
-        # under torchrun each process takes the GPU of its LOCAL_RANK (README, "Scaling out")
+        # under torchrun each process takes the GPU of its LOCAL_RANK (docs/scaling.md)
         local = local_cuda_device()
         if local is not None:
             return local
@@ -59,7 +59,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def cpu_has_fast_bf16() -> bool | None:
     """Does this CPU compute bfloat16 natively (AMX tiles or AVX-512 BF16)? From torch's own CPU
     probes; None when this torch build has none. Without either, bf16 autocast is emulated and
-    much slower than fp32 (benchmarks/README.md: 8.6x slower for dlib's labels on an AVX2 EPYC)."""
+    much slower than fp32 (docs/results.md#no-amx: 8.6x slower for dlib's labels on an AVX2 EPYC)."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     if not all(callable(probe) for probe in probes):
         return None

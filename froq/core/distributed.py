@@ -76,7 +76,7 @@ def current() -> Rank:
     local = _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world or local < 0:
         raise FroqError(f"inconsistent torchrun environment RANK={rank} WORLD_SIZE={world} "
-                        f"LOCAL_RANK={local}: start the job with torchrun (README, 'Scaling out')")
+                        f"LOCAL_RANK={local}: start the job with torchrun (docs/scaling.md)")
     return Rank(rank, world, local)
 
 
