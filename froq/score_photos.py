@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", choices=("none", "center-box"), default="none",
                    help="photos without a detected face: no_face (lowest quality) or a central box")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward (default 32)")
     p.add_argument("--workers", type=int, default=1, help="alignment processes (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(mode="auto")

@@ -43,7 +43,7 @@ ALIGNED_EXT = ".png"
 LFW_ALIGN = {"template": "dlib150", "select": "center", "fallback": "center-box", "ext": "png"}
 
 __all__ = ["LFWPair", "read_lfw_pairs", "pair_images", "lfw_root", "lfw_pairs", "lfw_dlib150",
-           "lfw_calibration_pool_dlib150"]
+           "lfw_calibration_pool_dlib150", "lfw_embedding_cache"]
 
 
 class LFWPair(NamedTuple):
@@ -130,6 +130,14 @@ def lfw_dlib150(lfw_root, lfw_pairs, tmp_path_factory) -> Path:
     """Folder of dlib150 chips of every image of ``lfw_pairs`` (made once per session/cache)."""
     sources = [str(Path(p).with_suffix(".jpg").as_posix()) for p in pair_images(lfw_pairs)]
     return _aligned_folder(tmp_path_factory, "lfw_pairs_dlib150", lfw_root / "images", sources)
+
+
+@pytest.fixture(scope="session")
+def lfw_embedding_cache(tmp_path_factory) -> Path:
+    """The evaluation's embedding-cache folder shared by the LFW tests of a session (or of every
+    session with FROQ_TEST_CACHE): the pair chips are embedded by dlib's ResNet once, not per test."""
+    cache = os.environ.get("FROQ_TEST_CACHE")
+    return Path(cache) / "evaluation_dlib" if cache else tmp_path_factory.getbasetemp() / "evaluation_dlib"
 
 
 @pytest.fixture(scope="session")

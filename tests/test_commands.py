@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +32,56 @@ def test_help_lists_every_job():
     assert set(COMMANDS) == names
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_every_subcommand_has_help(name, capsys):
+def documented_options() -> dict[str, set[str]]:
+    """The options each command's synopsis in froq/commands.py's docstring shows (``froq NAME ...``)."""
+    import froq.commands
+    out: dict[str, set[str]] = {}
+    for line in froq.commands.__doc__.splitlines():
+        words = line.split("#")[0].split()
+        if len(words) >= 2 and words[0] == "froq":
+            out[words[1]] = {w.strip("[]") for w in words[2:] if w.strip("[]").startswith("-")}
+    return out
+
+
+def help_and_parser(name: str, monkeypatch, capsys) -> tuple[str, argparse.ArgumentParser]:
+    """``froq NAME --help``: its text and the command's argparse parser (the one with the most
+    options among those that parsed the command line)."""
+    parsers = []
+    real = argparse.ArgumentParser.parse_known_args
+
+    def spy(self, args=None, namespace=None):
+        parsers.append(self)
+        return real(self, args, namespace)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", spy)
     try:
         code = main([name, "--help"])
     except SystemExit as exc:  # argparse's --help
         code = exc.code
-    assert code == 0
-    out = capsys.readouterr().out
+    assert code == 0 and parsers, (name, code)
+    return capsys.readouterr().out, max(parsers, key=lambda p: len(p._actions))
+
+
+def test_the_synopsis_covers_every_command():
+    assert set(documented_options()) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_subcommand_has_help(name, monkeypatch, capsys):
+    """Each subcommand's --help lists every option of its parser, each with a help text; the
+    options its synopsis documents exist (a removed or renamed option fails here)."""
+    out, parser = help_and_parser(name, monkeypatch, capsys)
     assert "usage:" in out.lower() and len(out.splitlines()) > 5
+    options = {o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
+    missing = documented_options()[name] - options
+    assert not missing, f"froq {name}: documented options {sorted(missing)} are not options of its parser"
+    generated = any(isinstance(a, argparse._HelpAction) for a in parser._actions)  # else a typed text
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or not action.option_strings:
+            continue
+        assert action.help or not generated, f"froq {name} {action.option_strings}: no help text"
+        for option in action.option_strings:
+            assert re.search(rf"(^|[\s,\[]){re.escape(option)}\b", out, re.M), (name, option)
     if name in STAGES:  # config-driven stages list their keys with defaults
         assert "config keys" in out and STAGES[name] in out
 

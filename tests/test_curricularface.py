@@ -56,12 +56,27 @@ def _config(tmp_path, weights, variant="auto"):
     return path
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """variant -> (state dict, its file saved as the release: a plain state dict), generated once
+    per module (65 M parameters each; the tests never modify the returned dict)."""
+    made = {}
+
+    def get(variant: str):
+        if variant not in made:
+            state = generated_state_dict(official_manifest(variant))
+            path = tmp_path_factory.mktemp(variant) / "CurricularFace_Backbone.pth"
+            torch.save(state, path)
+            made[variant] = (state, path)
+        return made[variant]
+    return get
+
+
 @pytest.mark.parametrize("variant", ["tface", "cvpr2020"])
-def test_official_layout_loads_and_embeds(tmp_path, variant):
+def test_official_layout_loads_and_embeds(tmp_path, variant, checkpoint):
     torch.set_num_threads(1)
-    state = generated_state_dict(official_manifest(variant))
-    torch.save(state, tmp_path / "CurricularFace_Backbone.pth")  # the release: a plain state dict
-    fr = load_fr_model(_config(tmp_path, tmp_path / "CurricularFace_Backbone.pth"))
+    state, path = checkpoint(variant)
+    fr = load_fr_model(_config(tmp_path, path))
     net = fr.network
     assert net.variant == variant  # read from the keys
     assert list(net.state_dict()) == [k for k, _ in official_manifest(variant)]  # same order too
@@ -73,8 +88,9 @@ def test_official_layout_loads_and_embeds(tmp_path, variant):
     assert layout.stages == ("body.2", "body.15", "body.45", "body.48")
 
 
-def test_wrong_checkpoint_is_one_line(tmp_path):
-    state = generated_state_dict(official_manifest("cvpr2020"))
+def test_wrong_checkpoint_is_one_line(tmp_path, checkpoint):
+    release, v2020 = checkpoint("cvpr2020")
+    state = dict(release)  # a shallow copy: the shared dict stays as released
     state.pop("output_layer.3.bias")
     state["head.kernel"] = torch.zeros(512, 10)
     torch.save(state, tmp_path / "bad.pth")
@@ -84,6 +100,5 @@ def test_wrong_checkpoint_is_one_line(tmp_path):
     assert "\n" not in msg and "1 missing (e.g. output_layer.3.bias)" in msg
     assert "1 unexpected (e.g. head.kernel)" in msg and "CurricularFace IR-101" in msg
     # a forced layout that the file does not have: names the layout's keys that are missing
-    torch.save(generated_state_dict(official_manifest("cvpr2020")), tmp_path / "v2020.pth")
     with pytest.raises(FroqError, match=r"missing \(e\.g\. body\.0\.res_layer\.2\.bias.*tface layout"):
-        load_fr_model(_config(tmp_path, tmp_path / "v2020.pth", variant="tface"))
+        load_fr_model(_config(tmp_path, v2020, variant="tface"))

@@ -8,8 +8,6 @@ and cannot beat the ``perfect`` oracle (normalised pAUC: lower is better).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import yaml
 
@@ -24,7 +22,7 @@ def lfw_observer_for_evaluation(lfw_calibration_pool_dlib150, tmp_path_factory) 
 
 
 def test_froq_beats_random_on_lfw_folds_1_to_3(lfw_observer_for_evaluation, lfw_dlib150, lfw_root,
-                                               lfw_pairs, tmp_path):
+                                               lfw_pairs, lfw_embedding_cache, tmp_path):
     from evaluation.main import main as evaluation_main
     from lfw_data import pair_images
 
@@ -32,7 +30,6 @@ def test_froq_beats_random_on_lfw_folds_1_to_3(lfw_observer_for_evaluation, lfw_
     qualities = infer(lfw_dlib150, lfw_observer_for_evaluation["observer"], froq_csv)
     assert set(pair_images(lfw_pairs)) <= set(qualities)
 
-    cache = os.environ.get("FROQ_TEST_CACHE")
     cfg = {
         "face_recognition_configs": [FR_CFG],
         "benchmarks": [{"name": "lfw", "type": "lfw_pairs", "images": str(lfw_dlib150),
@@ -40,7 +37,7 @@ def test_froq_beats_random_on_lfw_folds_1_to_3(lfw_observer_for_evaluation, lfw_
         "qualities": {"froq": str(froq_csv)},
         "fmr": [1.0e-3], "discard_limit": 0.3, "pair_quality": "min", "random_seeds": 10,
         "outdir": str(tmp_path / "evaluation"), "device": "cpu", "plots": False,
-        "cache_dir": os.path.join(cache, "evaluation_dlib") if cache else str(tmp_path / "cache"),
+        "cache_dir": str(lfw_embedding_cache),  # shared with test_lfw_verification.py
     }
     cfg_path = tmp_path / "evaluation.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))

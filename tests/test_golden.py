@@ -25,10 +25,14 @@ from conftest import shared_path
 from conformance.generated_weights import generated_state_dict, read_manifest, write_generated_checkpoint
 from stage_helpers import run_in_process
 
-LABEL_TOL = 1e-3        # bound for |Δ| of the pseudo-labels (measured here: <= 1.8e-7)
-DETERMINISTIC_TOL = 1e-5  # flip and occlusion involve no randomness (measured: <= 1.8e-7; filling
-                          # occlusions with 0 instead of black moves occlusion by 8e-3, a vertical
-                          # flip moves flip by 0.19)
+# Measured on the 2-core VM (2026-12-07): |Δlabel| <= 1.8e-7 (flip 1.8e-7, occlusion 1.2e-7,
+# quality 6.0e-8); qualities |Δq/q| <= 2.7e-7; utilities and greedy ρ identical (Δ = 0).
+LABEL_TOL = 1e-5        # bound for |Δ| of every label column (quality, flip, occlusion); filling
+                        # occlusions with 0 instead of black moves occlusion by 8e-3, a vertical
+                        # flip moves flip by 0.19, occlusion cells 1 px larger move occlusion by 7e-4,
+                        # noise alpha 0.01 instead of 0.001 moves quality by 6.5e-5 (alpha 0.0012:
+                        # below 1e-5, the noise term's spread is ~1e-6)
+QUALITY_RTOL = 1e-5     # bound for |Δq| / |q| of the target qualities
 UTILITY_TOL = 1e-6      # one rank swap among 48 images moves ρ by ≥ 1e-4: this means "same ranks"
 
 
@@ -99,7 +103,7 @@ def test_pseudo_labels_match_golden(fr_config, tmp_path):
     calibration = golden("calibration")
     all_paths = sorted(p.relative_to(calibration).as_posix() for p in calibration.rglob("*.jpg"))
     assert len(all_paths) == 48
-    subset = all_paths[::6]  # 8 images spread over the set
+    subset = all_paths[::12]  # 4 images spread over the set (each one more image is the same check)
     folder = tmp_path / "calibration"
     for rel in subset:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +125,6 @@ def test_pseudo_labels_match_golden(fr_config, tmp_path):
         diffs = [abs(float(ours[p][column]) - float(ref[p][column])) for p in subset]
         worst[column] = max(diffs)
     assert all(d <= LABEL_TOL for d in worst.values()), worst
-    assert worst["flip"] <= DETERMINISTIC_TOL and worst["occlusion"] <= DETERMINISTIC_TOL, worst
     # the components are not degenerate (a constant would make the test meaningless)
     assert np.std([float(ref[p]["flip"]) for p in subset]) > 0.01
     for p in subset:  # label = mean of the three components
@@ -171,8 +174,8 @@ def test_observer_selection_matches_golden(observer_run, golden_observer):
     obs, _ = observer_run
     canon = canonical(golden_observer)
     assert obs["calibration"]["images"] == 48
-    assert [canon(n) for n in obs["selected_layers"]] == \
-        [canon(n) for n in golden_observer["selected_layers"]]
+    assert obs["selected_layers"] == golden_observer["selected_layers"]  # identical names
+    # candidates and greedy steps beyond the selection: modulo alias groups (tie order, see canonical)
     assert [canon(n) for n in obs["candidates"]] == [canon(n) for n in golden_observer["candidates"]]
     assert [canon(s["layer"]) for s in obs["greedy"]] == \
         [canon(s["layer"]) for s in golden_observer["greedy"]]
@@ -211,5 +214,6 @@ def test_inference_matches_golden_qualities(observer_run, fr_config, tmp_path):
     q_ours = np.array([float(ours[p]["quality"]) for p in paths])
     q_ref = np.array([float(ref[p]["quality"]) for p in paths])
     assert spearmanr(q_ours, q_ref).statistic >= 0.999
-    # same selected set (modulo aliases) → the same numbers, up to float32 summation order
-    assert np.allclose(q_ours, q_ref, rtol=1e-4), np.max(np.abs(q_ours / q_ref - 1))
+    # the same selected layers → the same numbers, up to float32 summation order
+    rel = np.abs(q_ours / q_ref - 1)
+    assert rel.max() <= QUALITY_RTOL, (paths[int(rel.argmax())], rel.max())

@@ -17,7 +17,11 @@ from baselineFIQA.cache import label_settings_key
 from face_recognition_model.loading import load_fr_model
 from froq.core.errors import FroqError
 
-TOL = 1e-5  # the issue's bound on every label
+# Bound on |Δlabel| between the label paths that should give the same numbers (incremental vs full
+# occlusion, folded vs plain affines). Measured on the 2-core VM (2026-12-07, /tmp/measure_inc.py in
+# the issue-30 note): incremental vs full 0 on the random-weight nets and 6.0e-8 on dlib's real
+# weights and LFW faces; folded vs plain and channels-last vs not <= 1.2e-7 (one float32 ulp at 1).
+TOL = 5e-7
 
 
 def fr_model(arch: str, size: int, weights: str = "random"):
