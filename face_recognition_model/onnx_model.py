@@ -16,6 +16,10 @@ extra ``initializers`` submodule (constant buffers) never fires.
 
 What is done to the graph before conversion (each step logged):
 
+- weight-only quantisation (``DequantizeLinear`` of constant weights: per tensor, per axis,
+  block-wise; ``MatMulNBits``) is folded to float initializers and graph inputs that no node
+  consumes are dropped (``face_recognition_model.onnx_quant``); activation quantisation is refused
+  in one line;
 - only the first graph output is kept (the embedding; ``kwargs.output`` picks another by name) —
   the module returns one (B, D) tensor as every FR family here;
 - an NHWC input (last dimension 3, second not 3) gets a leading Transpose so the module takes the
@@ -32,7 +36,7 @@ The module is an ``OnnxFRGraph`` (onnx2torch's ``GraphModule``, same submodules 
 whose ``layout()`` declares its running batch norms and, for lack of knowledge of an arbitrary
 graph, no embedding tail, residual stages or quality head. ``runtime()`` gives the same graph (as
 edited above) as an ONNX Runtime session for forwards that observe no layer (pseudo-labels): ONNX
-Runtime runs a graph faster than its onnx2torch conversion on CPU (benchmarks/README.md).
+Runtime runs a graph faster than its onnx2torch conversion on CPU (docs/results.md#onnx-runtime).
 
 Batch norm: onnx2torch turns ``BatchNormalization`` nodes whose parameters are initializers into
 ``nn.BatchNorm1d/2d/3d`` with running statistics (usable by GraFIQs). Exporters usually fold batch
@@ -51,7 +55,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from face_recognition_model.layout import ModelLayout, batch_norm_parts
+from face_recognition_model.layout import EmbeddingTail, ModelLayout, batch_norm_parts
+from face_recognition_model.onnx_quant import prepare_graph
 from froq.core.errors import FroqError
 
 log = logging.getLogger(__name__)
@@ -204,6 +209,8 @@ class OnnxFRGraph(torch.fx.GraphModule):
     types) and forward, plus the model-zoo ``layout()`` and ``runtime()``."""
 
     onnx_bytes: bytes = b""  # the edited ONNX graph it was converted from (set by build_onnx)
+    # set by a builder that knows the graph (e.g. face_recognition_model.sface); None: unknown
+    embedding_tail: EmbeddingTail | None = None
 
     def runtime(self) -> "OnnxRuntimeForward | None":
         """The graph as an ONNX Runtime module on CPU (same input and output), or None when
@@ -215,10 +222,13 @@ class OnnxFRGraph(torch.fx.GraphModule):
         return OnnxRuntimeForward(self.onnx_bytes, onnxruntime) if self.onnx_bytes else None
 
     def layout(self) -> ModelLayout:
-        """No embedding tail, residual stages or quality head are known in an arbitrary graph;
-        its batch norms are the BatchNorm2d modules onnx2torch made (if the export kept them)."""
+        """No embedding tail (unless a builder that knows the graph set ``embedding_tail``),
+        residual stages or quality head are known in an arbitrary graph; its batch norms are the
+        BatchNorm2d modules onnx2torch made (if the export kept them)."""
         return ModelLayout(
-            why_no_tail="an ONNX graph does not say where its embedding's last layers start",
+            tail=self.embedding_tail,
+            why_no_tail="" if self.embedding_tail is not None else
+            "an ONNX graph does not say where its embedding's last layers start",
             why_no_stages="an ONNX graph has no known residual stages",
             **batch_norm_parts(self, "the graph has no BatchNormalization nodes: exporters fold "
                                      "them into the convolutions, re-export with "
@@ -335,6 +345,7 @@ def build_onnx(weights: str | None = None, output: str | None = None,
                         ".onnx file ('random' is not possible for it)")
     source = str(weights)
     model = read_onnx(weights)
+    prepare_graph(model, source)  # weight-only quantisation folded, unused inputs dropped (before the opset change)
     inputs = _graph_inputs(model)
     if len(inputs) != 1:
         raise FroqError(f"{source}: the graph has {len(inputs)} inputs "

