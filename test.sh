@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 bash install.sh
 VENV="${FROQ_VENV:-.venv}"
-exec "$VENV/bin/python" -m pytest -q "${@:-tests}"
+exec "$VENV/bin/python" -m pytest -q --durations=10 "${@:-tests}"   # the 10 slowest tests in every log
