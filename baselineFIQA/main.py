@@ -13,9 +13,9 @@ import sys
 import time
 
 from baselineFIQA.cache import cached_pseudo_labels, label_settings_key
-from baselineFIQA.labels import LabelSettings, compute_pseudo_labels, label_columns
+from baselineFIQA.labels import compute_pseudo_labels
 from baselineFIQA.settings import (LABEL_OPTIONS, PAPER_CONSTANTS, STAGE_KEYS, compute_arguments, key_arguments,
-                                   resolve_mpx, stage_options)
+                                   output_columns, resolve_mpx, stage_options)
 from froq.core.cli import run_main, setup_logging, stage_parser
 from froq.core.config import Key, image_size, load_config, positive_int, public
 from froq.core.errors import FroqError
@@ -57,8 +57,7 @@ def main(argv=None) -> None:
         if cell > min(fr.preprocess.size):
             raise FroqError(f"{cfg['_source']}: dataset.mpx: the occlusion cell ({cell} px) is larger "
                             f"than the model input {list(fr.preprocess.size)}: use e.g. 14 for 112 px (or auto)")
-    columns = label_columns(LabelSettings(alphas=opts["alphas"], mpx=cells, weights=opts["component_weights"],
-                                          noise_model=opts["noise_model"]))
+    columns = output_columns(opts)
     out = output_path(cfg["outpath"], "labels.csv")
     refuse_overwriting_inputs(out, cfg["_source"], files={"face_recognition_config": cfg["face_recognition_config"],
                                                           "the stage config": cfg["_source"]},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from baselineFIQA.labels import OCCLUSION_PATHS, PAPER_WEIGHTS
+from baselineFIQA.labels import OCCLUSION_PATHS, PAPER_WEIGHTS, LabelSettings, label_columns
 from baselineFIQA.perturbations import NOISE_MODELS, resolve_mpx  # noqa: F401 (resolve_mpx: for the callers)
 from froq.core.config import Key, bool_or_auto, float_list, get_dotted, int_or_auto, positive_int, validate
 from froq.core.device import PRECISIONS
@@ -98,3 +98,10 @@ def key_arguments(options: Mapping) -> dict:
     out = compute_arguments(options)
     out.pop("forward_batch", None)
     return out
+
+
+def output_columns(options: Mapping) -> tuple[str, ...]:
+    """The labels CSV's columns (``path`` first) for label options with ``mpx`` resolved
+    (``baselineFIQA.labels.label_columns``)."""
+    return label_columns(LabelSettings(alphas=options["alphas"], mpx=options["mpx"],
+                                       weights=options["component_weights"], noise_model=options["noise_model"]))

@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from baselineFIQA.cache import cached_pseudo_labels, label_settings_key
-from baselineFIQA.labels import LabelSettings, compute_pseudo_labels, label_columns
-from baselineFIQA.settings import compute_arguments, key_arguments, label_options, resolve_mpx
+from baselineFIQA.labels import compute_pseudo_labels
+from baselineFIQA.settings import compute_arguments, key_arguments, label_options, output_columns, resolve_mpx
 from face_recognition_model.loading import FRModel, load_fr_config
 from face_recognition_model.loading import load_fr_model as _load_fr_model
 from froq.core.device import resolve_device
@@ -219,9 +219,7 @@ def pseudo_labels(fr_config: ModelLike, folder: str | Path, *, device: str | tor
         if is_record_file(folder):  # as the stage: no whole-folder cache for a RecordIO set
             result = compute()
         else:  # the stage's key and cache
-            columns = label_columns(LabelSettings(alphas=opts["alphas"], mpx=opts["mpx"],
-                                                  weights=opts["component_weights"],
-                                                  noise_model=opts["noise_model"]))
+            columns = output_columns(opts)
             result, _ = cached_pseudo_labels(fr, folder, label_settings_key(fr, **key_arguments(opts)),
                                              columns[1:], compute)
         if save is not None:
